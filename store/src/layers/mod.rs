@@ -1,0 +1,3 @@
+//! Unpacked read-only layers, one directory per chain id, in overlayfs format.
+
+pub mod unpack;

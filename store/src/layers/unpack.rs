@@ -1,0 +1,1 @@
+//! Layer unpack: a (possibly compressed) tar stream into one layer directory.
