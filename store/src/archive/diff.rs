@@ -1,0 +1,215 @@
+//! A container's changes as `docker diff` prints them, from its upper dir.
+//!
+//! Walks the upper dir only; for each entry it looks the same path up in the
+//! image's layer dirs (by name, never by walking them), so the cost is
+//! proportional to the size of the change, not of the image.
+//! - `A` a path that the image does not have;
+//! - `C` a path the image has, changed (content, metadata or type; a dir is
+//!   `C` when anything below it changed, as it was copied up);
+//! - `D` a path the image has and the container removed (a whiteout), and
+//!   every path of the image hidden by an opaque dir.
+
+use super::export::{Listing, Lookup, child_dirs, lookup};
+use super::fsentry::{self, WH_OPAQUE, WH_PREFIX};
+use crate::error::{Error, Result};
+use std::ffi::OsStr;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// The kind of a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChangeKind {
+    /// Added.
+    Added,
+    /// Changed.
+    Changed,
+    /// Deleted.
+    Deleted,
+}
+
+/// One changed path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// What happened.
+    pub kind: ChangeKind,
+    /// Absolute path in the container, e.g. `/etc/hosts`.
+    pub path: PathBuf,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = match self.kind {
+            ChangeKind::Added => 'A',
+            ChangeKind::Changed => 'C',
+            ChangeKind::Deleted => 'D',
+        };
+        write!(f, "{k} {}", self.path.display())
+    }
+}
+
+/// The changes of `upper` over `lowers` (bottom-most first, as the store
+/// lists an image's layer dirs), in path order.
+pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
+    let top_first: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+    let mut out = Vec::new();
+    walk(upper, Path::new("/"), &top_first, &mut out)?;
+    out.sort_by(|a, b| {
+        a.path
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.path.as_os_str().as_bytes())
+    });
+    Ok(out)
+}
+
+fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Result<()> {
+    let listings = lowers
+        .iter()
+        .map(|d| Listing::read(d))
+        .collect::<Result<Vec<_>>>()?;
+    let names = fsentry::sorted_names(dir)?;
+    let mut deleted = Vec::new();
+    for name in &names {
+        let nb = name.as_bytes();
+        if nb == WH_OPAQUE {
+            // The dir itself is reported; its opacity is read by dir_is_opaque.
+            continue;
+        }
+        let path = dir.join(name);
+        let meta = path.symlink_metadata().map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let target = if let Some(real) = nb.strip_prefix(WH_PREFIX) {
+            Some(OsStr::from_bytes(real))
+        } else if fsentry::is_whiteout(&path, &meta) {
+            Some(name.as_os_str())
+        } else {
+            None
+        };
+        if let Some(real) = target {
+            deleted.push(real.to_os_string());
+            continue;
+        }
+        let found = lookup(lowers, &listings, name)?;
+        let kind = match found {
+            Lookup::Found(..) => ChangeKind::Changed,
+            Lookup::Absent => ChangeKind::Added,
+        };
+        out.push(Change {
+            kind,
+            path: at.join(name),
+        });
+        if meta.is_dir() {
+            let below = match found {
+                Lookup::Found(i, ref lm) if lm.is_dir() && !fsentry::dir_is_opaque(&path)? => {
+                    child_dirs(lowers, &listings, i, name)?
+                }
+                Lookup::Found(_, ref lm) if lm.is_dir() => {
+                    // Opaque: everything the image had below is gone.
+                    hidden_children(lowers, &listings, i_of(&found), name, &at.join(name), out)?;
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
+            walk(&path, &at.join(name), &below, out)?;
+        }
+    }
+    for real in deleted {
+        out.push(Change {
+            kind: ChangeKind::Deleted,
+            path: at.join(&real),
+        });
+    }
+    Ok(())
+}
+
+fn i_of(l: &Lookup) -> usize {
+    match l {
+        Lookup::Found(i, _) => *i,
+        Lookup::Absent => 0,
+    }
+}
+
+/// Reports `D` for each entry the image had directly in a dir the container made opaque.
+fn hidden_children(
+    lowers: &[PathBuf],
+    listings: &[Listing],
+    from: usize,
+    name: &OsStr,
+    at: &Path,
+    out: &mut Vec<Change>,
+) -> Result<()> {
+    let dirs = child_dirs(lowers, listings, from, name)?;
+    let child_listings = dirs
+        .iter()
+        .map(|d| Listing::read(d))
+        .collect::<Result<Vec<_>>>()?;
+    let mut names: Vec<_> = child_listings
+        .iter()
+        .flat_map(|l| l.names.iter())
+        .filter(|n| !n.as_bytes().starts_with(WH_PREFIX))
+        .cloned()
+        .collect();
+    names.sort();
+    names.dedup();
+    for n in names {
+        if let Lookup::Found(..) = lookup(&dirs, &child_listings, &n)? {
+            out.push(Change {
+                kind: ChangeKind::Deleted,
+                path: at.join(&n),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_docker_style_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l1 = tmp.path().join("l1");
+        let up = tmp.path().join("up");
+        for d in ["etc", "var/lib", "opt/o"] {
+            std::fs::create_dir_all(l1.join(d)).unwrap();
+        }
+        std::fs::write(l1.join("etc/hosts"), b"h").unwrap();
+        std::fs::write(l1.join("etc/passwd"), b"p").unwrap();
+        std::fs::write(l1.join("var/lib/x"), b"x").unwrap();
+        std::fs::write(l1.join("opt/o/1"), b"1").unwrap();
+        for d in ["etc", "newdir/sub", "opt/o"] {
+            std::fs::create_dir_all(up.join(d)).unwrap();
+        }
+        std::fs::write(up.join("etc/hosts"), b"H").unwrap();
+        std::fs::write(up.join("etc/.wh.passwd"), b"").unwrap();
+        std::fs::write(up.join("newdir/sub/f"), b"").unwrap();
+        std::fs::write(up.join("opt/o/.wh..wh..opq"), b"").unwrap();
+        std::fs::write(up.join("opt/o/2"), b"2").unwrap();
+        std::fs::write(up.join("var"), b"dir replaced by a file").unwrap();
+        let got: Vec<String> = diff(&up, &[l1])
+            .unwrap()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "C /etc",
+                "C /etc/hosts",
+                "D /etc/passwd",
+                "A /newdir",
+                "A /newdir/sub",
+                "A /newdir/sub/f",
+                "C /opt",
+                "C /opt/o",
+                "D /opt/o/1",
+                "A /opt/o/2",
+                "C /var",
+            ]
+        );
+    }
+}

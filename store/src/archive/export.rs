@@ -1,0 +1,228 @@
+//! Flattening layer dirs into one tree tar (`lamina export`).
+//!
+//! The layers are merged top-down exactly as overlayfs merges them: the
+//! topmost entry for a name wins; a whiteout (0/0 char device, whiteout
+//! xattr, or `.wh.NAME` marker) hides the name in every layer below; an
+//! opaque dir hides the lower dirs of the same path; a non-dir hides lower
+//! dirs. The output has no whiteouts and no overlay xattrs, entries in
+//! bytewise order, dirs before their children, and tar hardlinks for names
+//! that share an inode. Reads only the layer dirs; no mount is needed.
+
+use super::fsentry::{self, EntryWriter, WH_PREFIX};
+use super::tar::TarWriter;
+use crate::error::{Error, Result};
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::Metadata;
+use std::io::{BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// What the merged view has at a path, seen from a list of dirs (top first).
+pub(crate) enum Lookup {
+    /// Nothing visible.
+    Absent,
+    /// Visible; index of the layer it comes from and its metadata.
+    Found(usize, Metadata),
+}
+
+/// A directory listing, with the whiteout markers it carries.
+pub(crate) struct Listing {
+    pub(crate) names: HashSet<OsString>,
+}
+
+impl Listing {
+    pub(crate) fn read(dir: &Path) -> Result<Listing> {
+        let mut names = HashSet::new();
+        for e in std::fs::read_dir(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })? {
+            let e = e.map_err(|source| Error::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            names.insert(e.file_name());
+        }
+        Ok(Listing { names })
+    }
+
+    fn has_marker(&self, name: &[u8]) -> bool {
+        let mut m = WH_PREFIX.to_vec();
+        m.extend_from_slice(name);
+        self.names.contains(OsStr::from_bytes(&m))
+    }
+}
+
+/// Looks `name` up in `dirs` (top first, already cut at opaque dirs).
+pub(crate) fn lookup(dirs: &[PathBuf], listings: &[Listing], name: &OsStr) -> Result<Lookup> {
+    for (i, (dir, listing)) in dirs.iter().zip(listings).enumerate() {
+        if listing.has_marker(name.as_bytes()) {
+            return Ok(Lookup::Absent);
+        }
+        if !listing.names.contains(name) {
+            continue;
+        }
+        let path = dir.join(name);
+        let meta = path.symlink_metadata().map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if fsentry::is_whiteout(&path, &meta) {
+            return Ok(Lookup::Absent);
+        }
+        return Ok(Lookup::Found(i, meta));
+    }
+    Ok(Lookup::Absent)
+}
+
+/// The dirs (top first) that merge into the dir `name`, given it was found
+/// as a dir in layer `from`: every lower layer's dir of that name, down to and
+/// including the first opaque one, stopping at a layer where the name is not a dir.
+pub(crate) fn child_dirs(
+    dirs: &[PathBuf],
+    listings: &[Listing],
+    from: usize,
+    name: &OsStr,
+) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for (dir, listing) in dirs.iter().zip(listings).skip(from) {
+        if !out.is_empty() && listing.has_marker(name.as_bytes()) {
+            break;
+        }
+        if !listing.names.contains(name) {
+            continue;
+        }
+        let path = dir.join(name);
+        let meta = path.symlink_metadata().map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            break;
+        }
+        let opaque = fsentry::dir_is_opaque(&path)?;
+        out.push(path);
+        if opaque {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn is_marker(name: &[u8]) -> bool {
+    name.starts_with(WH_PREFIX)
+}
+
+/// Writes the merged tree of `layers` (bottom-most first, as the store lists
+/// an image's layer dirs; a container's upper last) to `out` as a plain tar.
+pub fn export_layers<W: Write>(layers: &[PathBuf], out: W) -> Result<W> {
+    let out_name = PathBuf::from("<export stream>");
+    let top_first: Vec<PathBuf> = layers.iter().rev().cloned().collect();
+    let mut tw = TarWriter::new(BufWriter::with_capacity(1 << 20, out));
+    let mut ew = EntryWriter::new(true);
+    merge(&top_first, &[], &mut tw, &mut ew, &out_name)?;
+    let buffered = tw.finish().map_err(|source| Error::Io {
+        path: out_name.clone(),
+        source,
+    })?;
+    buffered.into_inner().map_err(|e| Error::Io {
+        path: out_name,
+        source: e.into_error(),
+    })
+}
+
+fn merge<W: Write>(
+    dirs: &[PathBuf],
+    rel: &[u8],
+    tw: &mut TarWriter<W>,
+    ew: &mut EntryWriter,
+    out_name: &Path,
+) -> Result<()> {
+    let listings = dirs
+        .iter()
+        .map(|d| Listing::read(d))
+        .collect::<Result<Vec<_>>>()?;
+    let mut names = BTreeSet::new();
+    for l in &listings {
+        for n in &l.names {
+            if !is_marker(n.as_bytes()) {
+                names.insert(n.as_bytes().to_vec());
+            }
+        }
+    }
+    for nb in names {
+        let name = OsStr::from_bytes(&nb);
+        let Lookup::Found(i, meta) = lookup(dirs, &listings, name)? else {
+            continue;
+        };
+        let path = dirs[i].join(name);
+        let arch = fsentry::join_name(rel, &nb);
+        let xattrs: Vec<_> = fsentry::read_xattrs(&path)?
+            .into_iter()
+            .filter(|(k, _)| !fsentry::is_private_xattr(k))
+            .collect();
+        ew.append(tw, &path, arch.clone(), &meta, xattrs, out_name)?;
+        if meta.is_dir() {
+            let below = child_dirs(dirs, &listings, i, name)?;
+            merge(&below, &arch, tw, ew, out_name)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn names_and_data(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut a = tar::Archive::new(data);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let n = String::from_utf8(e.path_bytes().to_vec()).unwrap();
+                let mut d = Vec::new();
+                if e.header().entry_type().is_symlink() {
+                    d = e.link_name_bytes().unwrap().to_vec();
+                } else {
+                    e.read_to_end(&mut d).unwrap();
+                }
+                (n, d)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merges_with_whiteouts_and_opaque_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l1 = tmp.path().join("l1");
+        let l2 = tmp.path().join("l2");
+        for d in ["a/keep", "b/old", "c", "e"] {
+            std::fs::create_dir_all(l1.join(d)).unwrap();
+        }
+        std::fs::write(l1.join("a/f"), b"1").unwrap();
+        std::fs::write(l1.join("a/gone"), b"1").unwrap();
+        std::fs::write(l1.join("b/old/x"), b"1").unwrap();
+        std::fs::write(l1.join("c/y"), b"1").unwrap();
+        std::fs::write(l1.join("e/z"), b"1").unwrap();
+        std::fs::create_dir_all(l2.join("a")).unwrap();
+        std::fs::create_dir_all(l2.join("b")).unwrap();
+        std::fs::write(l2.join("a/f"), b"2").unwrap();
+        // marker-style whiteout and opaque dir (no root needed)
+        std::fs::write(l2.join("a/.wh.gone"), b"").unwrap();
+        std::fs::write(l2.join("b/.wh..wh..opq"), b"").unwrap();
+        std::fs::write(l2.join("b/new"), b"2").unwrap();
+        // a dir replaced by a file, and by a symlink
+        std::fs::write(l2.join("c"), b"file").unwrap();
+        std::os::unix::fs::symlink("a", l2.join("e")).unwrap();
+        let out = export_layers(&[l1, l2], Vec::new()).unwrap();
+        let got = names_and_data(&out);
+        let names: Vec<&str> = got.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(names, ["a/", "a/f", "a/keep/", "b/", "b/new", "c", "e"]);
+        assert_eq!(got[1].1, b"2");
+        assert_eq!(got[5].1, b"file");
+        assert_eq!(got[6].1, b"a");
+    }
+}

@@ -1,0 +1,493 @@
+//! A container's upper dir (overlayfs format) -> one OCI layer tar,
+//! compressed and hashed in a single pass.
+//!
+//! Invariants:
+//! - Reads the upper dir only, never the lower layers or the merged tree.
+//! - Reproducible: entries in bytewise name order, a dir before its children,
+//!   normalised headers (see [`super::tar`]); same upper content, same digests.
+//! - Whiteouts (0/0 char devices, or empty files with the overlay whiteout
+//!   xattr) become `.wh.NAME`; an opaque dir gets a `.wh..wh..opq` entry right
+//!   after its own header; `.wh.*` marker files already in the upper pass
+//!   through as they are. Overlay-private xattrs are dropped.
+//! - Files sharing an inode become one file plus tar hardlinks to it.
+
+use super::fsentry::{self, EntryWriter, WH_OPAQUE, WH_PREFIX};
+use super::hash::HashWriter;
+use super::tar::{Kind, TarWriter};
+use crate::error::{Error, Result};
+use std::io::{BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// gzip (`application/vnd.oci.image.layer.v1.tar+gzip`), readable by every tool.
+    #[default]
+    Gzip,
+    /// zstd (`application/vnd.oci.image.layer.v1.tar+zstd`).
+    Zstd,
+    /// No compression (`application/vnd.oci.image.layer.v1.tar`).
+    None,
+}
+
+impl Compression {
+    /// The OCI media type of a layer compressed this way.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "gzip" | "gz" => Ok(Compression::Gzip),
+            "zstd" | "zst" => Ok(Compression::Zstd),
+            "none" | "uncompressed" => Ok(Compression::None),
+            other => Err(format!(
+                "unknown compression {other:?}: use gzip, zstd or none"
+            )),
+        }
+    }
+}
+
+/// Options of [`write_layer`].
+#[derive(Debug, Clone, Copy)]
+pub struct LayerOptions {
+    /// Blob compression.
+    pub compression: Compression,
+    /// Store files with holes as PAX sparse entries (else their zeros are written out).
+    pub sparse: bool,
+}
+
+impl Default for LayerOptions {
+    fn default() -> Self {
+        LayerOptions {
+            compression: Compression::Gzip,
+            sparse: true,
+        }
+    }
+}
+
+/// What [`write_layer`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerDigests {
+    /// `sha256:` of the uncompressed tar (the diff id).
+    pub diff_id: String,
+    /// `sha256:` of the blob as written (compressed).
+    pub digest: String,
+    /// Size of the blob as written.
+    pub size: u64,
+    /// Size of the uncompressed tar.
+    pub uncompressed_size: u64,
+    /// The blob's media type.
+    pub media_type: &'static str,
+}
+
+/// Writes the layer tar of `upper` to `out`, compressed as asked, and returns
+/// both digests and the writer.
+pub fn write_layer<W: Write>(
+    upper: &Path,
+    out: W,
+    opts: &LayerOptions,
+) -> Result<(LayerDigests, W)> {
+    let out_name = PathBuf::from("<layer stream>");
+    let io_out = |source| Error::Io {
+        path: out_name.clone(),
+        source,
+    };
+    let blob = HashWriter::new(BufWriter::with_capacity(1 << 20, out));
+    let (tar_digests, blob) = match opts.compression {
+        Compression::Gzip => {
+            let enc = flate2::GzBuilder::new().write(blob, flate2::Compression::default());
+            let (d, enc) = write_tar(upper, enc, opts)?;
+            (d, enc.finish().map_err(io_out)?)
+        }
+        Compression::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(blob, 3).map_err(io_out)?;
+            enc.include_checksum(false).map_err(io_out)?;
+            let (d, enc) = write_tar(upper, enc, opts)?;
+            (d, enc.finish().map_err(io_out)?)
+        }
+        Compression::None => write_tar(upper, blob, opts)?,
+    };
+    let (digest, size, buffered) = blob.finish();
+    let out = buffered.into_inner().map_err(|e| io_out(e.into_error()))?;
+    let (diff_id, uncompressed_size) = tar_digests;
+    Ok((
+        LayerDigests {
+            diff_id,
+            digest,
+            size,
+            uncompressed_size,
+            media_type: opts.compression.media_type(),
+        },
+        out,
+    ))
+}
+
+/// Writes the uncompressed layer tar of `upper` into `out`; returns its digest and size.
+fn write_tar<W: Write>(upper: &Path, out: W, opts: &LayerOptions) -> Result<((String, u64), W)> {
+    let out_name = PathBuf::from("<layer stream>");
+    let hashed = HashWriter::new(BufWriter::with_capacity(256 << 10, out));
+    let mut tw = TarWriter::new(hashed);
+    let mut ew = EntryWriter::new(opts.sparse);
+    walk_upper(upper, &[], &mut tw, &mut ew, &out_name)?;
+    let hashed = tw.finish().map_err(|source| Error::Io {
+        path: out_name.clone(),
+        source,
+    })?;
+    let (diff_id, n, buffered) = hashed.finish();
+    let out = buffered.into_inner().map_err(|e| Error::Io {
+        path: out_name,
+        source: e.into_error(),
+    })?;
+    Ok(((diff_id, n), out))
+}
+
+/// Writes the uncompressed layer tar of `upper` into `out` (no hashing).
+pub fn write_layer_tar<W: Write>(upper: &Path, out: W, opts: &LayerOptions) -> Result<W> {
+    Ok(write_tar(upper, out, opts)?.1)
+}
+
+fn walk_upper<W: Write>(
+    dir: &Path,
+    rel: &[u8],
+    tw: &mut TarWriter<W>,
+    ew: &mut EntryWriter,
+    out_name: &Path,
+) -> Result<()> {
+    for name in fsentry::sorted_names(dir)? {
+        let nb = name.as_bytes();
+        let path = dir.join(&name);
+        let meta = path.symlink_metadata().map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let arch = fsentry::join_name(rel, nb);
+        if nb == WH_OPAQUE {
+            // Emitted right after the dir header (below); never twice.
+            continue;
+        }
+        if fsentry::is_whiteout(&path, &meta) {
+            let mut wh = WH_PREFIX.to_vec();
+            wh.extend_from_slice(nb);
+            let mut h =
+                fsentry::base_header(fsentry::join_name(rel, &wh), Kind::File { size: 0 }, &meta);
+            h.mode &= 0o777;
+            tw.append(&h).map_err(|source| Error::Io {
+                path: out_name.to_path_buf(),
+                source,
+            })?;
+            continue;
+        }
+        if nb.starts_with(WH_PREFIX) {
+            // A whiteout marker file already in OCI form.
+            let h = fsentry::base_header(arch, Kind::File { size: 0 }, &meta);
+            tw.append(&h).map_err(|source| Error::Io {
+                path: out_name.to_path_buf(),
+                source,
+            })?;
+            continue;
+        }
+        let all = fsentry::read_xattrs(&path)?;
+        let opaque = meta.is_dir()
+            && (fsentry::xattrs_say_opaque(&all)
+                || path
+                    .join(std::ffi::OsStr::from_bytes(WH_OPAQUE))
+                    .symlink_metadata()
+                    .is_ok());
+        let xattrs: Vec<_> = all
+            .into_iter()
+            .filter(|(k, _)| !fsentry::is_private_xattr(k))
+            .collect();
+        ew.append(tw, &path, arch.clone(), &meta, xattrs, out_name)?;
+        if meta.is_dir() {
+            if opaque {
+                let mut h = fsentry::base_header(
+                    fsentry::join_name(&arch, WH_OPAQUE),
+                    Kind::File { size: 0 },
+                    &meta,
+                );
+                h.mode &= 0o777;
+                tw.append(&h).map_err(|source| Error::Io {
+                    path: out_name.to_path_buf(),
+                    source,
+                })?;
+            }
+            walk_upper(&path, &arch, tw, ew, out_name)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::{FileExt, PermissionsExt, symlink};
+
+    fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    /// An upper dir with one of every kind of change.
+    fn make_upper(root: &Path) {
+        std::fs::create_dir_all(root.join("etc/sub")).unwrap();
+        std::fs::write(root.join("etc/new.conf"), b"hello").unwrap();
+        std::fs::write(root.join("etc/sub/x"), b"x").unwrap();
+        std::fs::hard_link(root.join("etc/new.conf"), root.join("etc/link.conf")).unwrap();
+        symlink("../etc/new.conf", root.join("symlink")).unwrap();
+        std::fs::create_dir(root.join("opq")).unwrap();
+        rustix::fs::lsetxattr(
+            root.join("opq"),
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        std::fs::write(root.join("opq/inner"), b"i").unwrap();
+        rustix::fs::lsetxattr(
+            root.join("etc/new.conf"),
+            "user.note",
+            b"v1",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        rustix::fs::lsetxattr(
+            root.join("etc/new.conf"),
+            "trusted.overlay.origin",
+            b"zz",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            root.join("etc/sub/x"),
+            std::fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("gone"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0),
+            0,
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("null"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let f = std::fs::File::create(root.join("sparse")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_at(b"middle", 32 << 20).unwrap();
+        f.write_at(b"start", 0).unwrap();
+    }
+
+    fn entries(data: &[u8]) -> Vec<(String, tar::EntryType, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+        let mut a = tar::Archive::new(data);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let name = String::from_utf8(e.path_bytes().to_vec()).unwrap();
+                let ty = e.header().entry_type();
+                let pax = match e.pax_extensions().unwrap() {
+                    Some(p) => p
+                        .map(|x| x.unwrap())
+                        .map(|x| (x.key().unwrap().to_string(), x.value_bytes().to_vec()))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let mut d = Vec::new();
+                if ty == tar::EntryType::Link || ty == tar::EntryType::Symlink {
+                    d = e.link_name_bytes().unwrap().to_vec();
+                } else {
+                    e.read_to_end(&mut d).unwrap();
+                }
+                (name, ty, d, pax)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn upper_becomes_oci_layer() {
+        if !is_root() {
+            eprintln!("SKIP upper_becomes_oci_layer: needs root (mknod, trusted xattrs)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let upper = tmp.path().join("upper");
+        make_upper(&upper);
+        let opts = LayerOptions {
+            compression: Compression::None,
+            ..Default::default()
+        };
+        let (d, data) = write_layer(&upper, Vec::new(), &opts).unwrap();
+        assert_eq!(d.diff_id, d.digest);
+        assert_eq!(d.size, data.len() as u64);
+        let es = entries(&data);
+        let names: Vec<&str> = es.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "etc/",
+                "etc/link.conf",
+                "etc/new.conf",
+                "etc/sub/",
+                "etc/sub/x",
+                "fifo",
+                ".wh.gone",
+                "null",
+                "opq/",
+                "opq/.wh..wh..opq",
+                "opq/inner",
+                "GNUSparseFile.0/sparse",
+                "symlink"
+            ]
+        );
+        let get = |n: &str| es.iter().find(|e| e.0 == n).unwrap();
+        // first name in order carries the data, the second is a hardlink to it
+        assert_eq!(get("etc/link.conf").1, tar::EntryType::Regular);
+        assert_eq!(get("etc/link.conf").2, b"hello");
+        assert_eq!(get("etc/new.conf").1, tar::EntryType::Link);
+        assert_eq!(get("etc/new.conf").2, b"etc/link.conf");
+        let x = &get("etc/link.conf").3;
+        assert!(
+            x.iter()
+                .any(|(k, v)| k == "SCHILY.xattr.user.note" && v == b"v1")
+        );
+        assert!(!x.iter().any(|(k, _)| k.contains("overlay")));
+        assert_eq!(
+            get("opq/")
+                .3
+                .iter()
+                .filter(|(k, _)| k.contains("overlay"))
+                .count(),
+            0
+        );
+        assert_eq!(get("fifo").1, tar::EntryType::Fifo);
+        assert_eq!(get("null").1, tar::EntryType::Char);
+        assert_eq!(get("symlink").2, b"../etc/new.conf");
+        let sp = get("GNUSparseFile.0/sparse");
+        assert!(
+            sp.3.iter()
+                .any(|(k, v)| k == "GNU.sparse.realsize" && v == b"67108864")
+        );
+        assert!(
+            sp.3.iter()
+                .any(|(k, v)| k == "GNU.sparse.name" && v == b"sparse")
+        );
+        // Only the data blocks are stored, not 64 MiB of zeros.
+        assert!(
+            sp.2.len() < 1 << 20,
+            "sparse entry stores {} bytes",
+            sp.2.len()
+        );
+        let mode = {
+            let mut a = tar::Archive::new(&data[..]);
+            let e = a
+                .entries()
+                .unwrap()
+                .map(|e| e.unwrap())
+                .find(|e| e.path_bytes().as_ref() == b"etc/sub/x")
+                .unwrap();
+            e.header().mode().unwrap()
+        };
+        assert_eq!(mode, 0o4755);
+    }
+
+    #[test]
+    fn same_content_gives_same_digest() {
+        if !is_root() {
+            eprintln!("SKIP same_content_gives_same_digest: needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        make_upper(&a);
+        let b = tmp.path().join("b");
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&a)
+            .arg(&b)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let opts = LayerOptions {
+                compression: c,
+                ..Default::default()
+            };
+            let (da, _) = write_layer(&a, std::io::sink(), &opts).unwrap();
+            let (db, _) = write_layer(&b, std::io::sink(), &opts).unwrap();
+            assert_eq!(da, db, "{c:?}");
+            assert_ne!(da.digest, da.diff_id);
+        }
+        std::fs::write(b.join("etc/sub/x"), b"y").unwrap();
+        let (da, _) = write_layer(&a, std::io::sink(), &LayerOptions::default()).unwrap();
+        let (db, _) = write_layer(&b, std::io::sink(), &LayerOptions::default()).unwrap();
+        assert_ne!(da.diff_id, db.diff_id);
+    }
+
+    #[test]
+    fn compressed_stream_decodes_to_the_diff_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        std::fs::write(tmp.path().join("d/f"), vec![7u8; 100_000]).unwrap();
+        let (d, blob) = write_layer(tmp.path(), Vec::new(), &LayerOptions::default()).unwrap();
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&blob[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(super::super::hash::sha256_digest(&plain), d.diff_id);
+        assert_eq!(super::super::hash::sha256_digest(&blob), d.digest);
+        assert_eq!(d.uncompressed_size, plain.len() as u64);
+        let (dz, blob) = write_layer(
+            tmp.path(),
+            Vec::new(),
+            &LayerOptions {
+                compression: Compression::Zstd,
+                sparse: true,
+            },
+        )
+        .unwrap();
+        let plain = zstd::decode_all(&blob[..]).unwrap();
+        assert_eq!(super::super::hash::sha256_digest(&plain), dz.diff_id);
+        assert_eq!(dz.diff_id, d.diff_id);
+    }
+
+    #[test]
+    fn sparse_off_writes_zeros() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(tmp.path().join("s")).unwrap();
+        f.set_len(1 << 20).unwrap();
+        f.write_at(b"z", 4096 * 10).unwrap();
+        let opts = LayerOptions {
+            compression: Compression::None,
+            sparse: false,
+        };
+        let (_, data) = write_layer(tmp.path(), Vec::new(), &opts).unwrap();
+        let es = entries(&data);
+        assert_eq!(es[0].0, "s");
+        assert_eq!(es[0].2.len(), 1 << 20);
+        assert_eq!(es[0].2[4096 * 10], b'z');
+    }
+}
