@@ -17,4 +17,27 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The layer configuration is unusable.
+    #[error("invalid overlay configuration: {0}")]
+    Config(String),
+    /// The kernel refused the FUSE mount.
+    #[error(
+        "cannot mount FUSE overlay at {path}: {source} (is /dev/fuse present and are you root?)"
+    )]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving the mount failed.
+    #[error("serving the FUSE overlay at {path} failed: {source}")]
+    Serve {
+        /// The mount point.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -1,6 +1,114 @@
 //! The overlay filesystem: N read-only layer directories under an optional
-//! writable upper directory, served over FUSE. Knows nothing of images.
+//! writable upper directory, served over FUSE. Knows nothing of images: it
+//! takes directories, like fuse-overlayfs.
+//!
+//! Layers are in overlayfs format (whiteouts are char devices 0/0 or `.wh.NAME`
+//! markers; opaque dirs carry `trusted.overlay.opaque=y` (or `user.`) or a
+//! `.wh..wh..opq` entry), so the same dirs mount with kernel overlayfs too.
+//! What lamina writes into the upper dir is in the same format: char 0/0
+//! whiteouts and the `trusted.overlay.opaque` xattr.
+//!
+//! Differences from kernel overlayfs: no limit on the number of layers (a
+//! directory's merged index is built once, on first use, so a lookup costs the
+//! same at any depth); directories that exist in lower layers can be renamed
+//! (they are copied up whole first, never EXDEV); inode numbers are allocated
+//! by the mount and stay stable for a file's life within the mount.
+//!
+//! ```no_run
+//! # fn main() -> lamina_fuse::Result<()> {
+//! use lamina_fuse::{OverlayConfig, mount};
+//! let cfg = OverlayConfig::new(vec!["/layers/top".into(), "/layers/base".into()],
+//!                              Some(("/c/upper".into(), "/c/work".into())));
+//! let m = mount(cfg, "/mnt/x".as_ref(), "lamina")?; // returns once mounted
+//! m.run()?; // serves until unmounted
+//! # Ok(()) }
+//! ```
 
+pub mod daemon;
 pub mod error;
+mod fs;
+mod fuse;
+pub mod layer;
 
 pub use error::{Error, Result};
+pub use fs::{OverlayConfig, OverlayFs};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A live mount: the kernel has accepted it; [`Mounted::run`] serves it.
+pub struct Mounted {
+    session: fuser::Session<fuse::Fuse>,
+    mountpoint: PathBuf,
+}
+
+/// Mounts the overlay at `mountpoint`. Returns once the kernel has
+/// completed the FUSE handshake, so the mount is visible; requests queue
+/// until [`Mounted::run`] serves them. `fsname` shows as the mount source.
+pub fn mount(config: OverlayConfig, mountpoint: &Path, fsname: &str) -> Result<Mounted> {
+    prepare_process();
+    let read_only = config.upper.is_none();
+    let threads = config.threads.max(1);
+    let fs = Arc::new(OverlayFs::new(config)?);
+    let mut opts = vec![
+        fuser::MountOption::FSName(fsname.to_string()),
+        fuser::MountOption::Subtype("lamina".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::Dev,
+        fuser::MountOption::Suid,
+    ];
+    if read_only {
+        opts.push(fuser::MountOption::RO);
+    }
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = opts;
+    cfg.acl = fuser::SessionACL::All;
+    cfg.n_threads = Some(threads);
+    cfg.clone_fd = true;
+    let session = fuser::Session::new(fuse::Fuse { fs }, mountpoint, &cfg).map_err(|source| {
+        Error::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(Mounted {
+        session,
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+impl Mounted {
+    /// Serves requests until the filesystem is unmounted.
+    pub fn run(self) -> Result<()> {
+        let path = self.mountpoint;
+        self.session
+            .run()
+            .map_err(|source| Error::Serve { path, source })
+    }
+}
+
+/// Process-wide settings the driver relies on: a zero umask (modes arrive
+/// already masked by the kernel) and room for one O_PATH fd per known inode.
+fn prepare_process() {
+    rustix::process::umask(rustix::fs::Mode::empty());
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let want = 1 << 20;
+    if setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(want),
+            maximum: Some(want),
+        },
+    )
+    .is_err()
+    {
+        let cur = getrlimit(Resource::Nofile);
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: cur.maximum,
+                maximum: cur.maximum,
+            },
+        );
+    }
+}

@@ -1,0 +1,1669 @@
+//! The overlay filesystem's operations, free of FUSE plumbing: every
+//! operation is `fn op_*(..) -> OpResult<T>` and the FUSE layer (`fuse.rs`)
+//! turns errors into errnos in one place.
+//!
+//! Invariants:
+//! - Every node holds an `O_PATH` fd of its current real file: the upper copy
+//!   once copied up, else the top-most lower file. Operations go through that
+//!   fd or through directory fds (`openat`-style), never through joined
+//!   path strings, so a symlink in the data cannot redirect them.
+//! - Inode numbers: a node's number is allocated on first sight of its real
+//!   file's `(st_dev, st_ino)` and remembered for the mount's lifetime (the
+//!   upper copy made by a copy-up maps to the same number), so a file keeps
+//!   its number across copy-up and across the kernel forgetting it. The
+//!   mapping is dropped when the last link of an upper file goes away, so a
+//!   reused inode number of the backing fs is not mistaken for the old file.
+//! - Namespace lock: operations that change the upper layer (create, remove,
+//!   rename, copy-up) hold `ns` for writing; lookups and reads hold it for
+//!   reading. Directory indexes are only changed under the write lock.
+//! - Copy-up is atomic: the copy is made in the work dir under a temporary
+//!   name (data, owner, mode, xattrs, times) and renamed into place.
+
+use crate::layer::{self, DirIndex, Entry, State};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{
+    self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat, Timespec,
+    Timestamps,
+};
+use rustix::io::Errno;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+/// Result of an overlay operation; the error is the errno returned to the caller.
+pub type OpResult<T> = Result<T, Errno>;
+
+/// The root's inode number.
+pub const ROOT_INO: u64 = 1;
+
+pub(crate) fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_io_error(&e).unwrap_or(Errno::IO)
+}
+
+/// The caller of an operation (owner of what it creates).
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    /// Effective uid.
+    pub uid: u32,
+    /// Effective gid.
+    pub gid: u32,
+}
+
+/// A file or directory of the merged tree.
+pub struct Node {
+    /// Inode number (= FUSE node id).
+    pub ino: u64,
+    /// Its type (fixed for the node's life).
+    pub kind: FileType,
+    lookups: AtomicU64,
+    st: Mutex<NodeState>,
+    /// Kernel passthrough backing file shared by the node's open handles.
+    pub(crate) backing: Mutex<Weak<Backing>>,
+}
+
+struct NodeState {
+    fd: Arc<OwnedFd>,
+    layer: usize,
+    parent: u64,
+    name: OsString,
+    /// Directories: layers merged, top first.
+    chain: Vec<usize>,
+    /// Directories: the merged index, built on first use.
+    index: Option<Arc<DirIndex>>,
+}
+
+/// A registered passthrough backing file and the real file it is.
+pub(crate) struct Backing {
+    pub(crate) id: fuser::BackingId,
+    pub(crate) layer: usize,
+}
+
+/// An open file or directory.
+pub(crate) enum Handle {
+    File {
+        file: File,
+        node: Arc<Node>,
+        _backing: Option<Arc<Backing>>,
+    },
+    Dir {
+        node: Arc<Node>,
+        entries: Vec<(OsString, FileType)>,
+    },
+}
+
+/// What opening a file gives: the fd and whether a backing can be shared.
+pub(crate) struct Opened {
+    pub(crate) file: File,
+    pub(crate) node: Arc<Node>,
+    pub(crate) layer: usize,
+}
+
+/// Settings of an overlay mount (see the crate docs).
+#[derive(Clone, Debug)]
+pub struct OverlayConfig {
+    /// Read-only layers, top-most first.
+    pub lowers: Vec<PathBuf>,
+    /// Writable upper dir and its work dir (same filesystem); `None` = read-only.
+    pub upper: Option<(PathBuf, PathBuf)>,
+    /// Kernel cache lifetime of entries and attributes.
+    pub ttl: std::time::Duration,
+    /// Serving threads.
+    pub threads: usize,
+    /// Use kernel FUSE passthrough for open files when the kernel allows.
+    pub passthrough: bool,
+}
+
+impl OverlayConfig {
+    /// A config with lamina's defaults for the given layers.
+    pub fn new(lowers: Vec<PathBuf>, upper: Option<(PathBuf, PathBuf)>) -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        OverlayConfig {
+            lowers,
+            upper,
+            ttl: std::time::Duration::from_secs(86400),
+            threads: (cpus * 2).clamp(4, 16),
+            passthrough: true,
+        }
+    }
+}
+
+/// The overlay filesystem.
+pub struct OverlayFs {
+    pub(crate) layers: Vec<Arc<OwnedFd>>,
+    pub(crate) has_upper: bool,
+    work: Option<OwnedFd>,
+    ns: RwLock<()>,
+    nodes: Mutex<HashMap<u64, Arc<Node>>>,
+    ids: Mutex<HashMap<(u64, u64), u64>>,
+    next_ino: AtomicU64,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    tmp_seq: AtomicU64,
+    pub(crate) passthrough: AtomicBool,
+    pub(crate) config: OverlayConfig,
+}
+
+fn open_dir_path(path: &std::path::Path) -> OpResult<OwnedFd> {
+    rfs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+fn proc_path(fd: &impl AsRawFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+impl OverlayFs {
+    /// Opens the layer dirs. Errors name the dir that failed.
+    pub fn new(config: OverlayConfig) -> crate::Result<OverlayFs> {
+        let mut layers = Vec::new();
+        let mut work = None;
+        let open = |p: &PathBuf| {
+            open_dir_path(p)
+                .map(Arc::new)
+                .map_err(|e| crate::Error::Io {
+                    path: p.clone(),
+                    source: e.into(),
+                })
+        };
+        if let Some((upper, workdir)) = &config.upper {
+            layers.push(open(upper)?);
+            work = Some(
+                Arc::try_unwrap(open(workdir)?)
+                    .map_err(|_| crate::Error::Config("work dir".into()))?,
+            );
+        }
+        for l in &config.lowers {
+            layers.push(open(l)?);
+        }
+        if layers.is_empty() {
+            return Err(crate::Error::Config(
+                "no lower dir given (lowerdir=...)".into(),
+            ));
+        }
+        let has_upper = config.upper.is_some();
+        let root_fd = layers[0].clone();
+        let st = rfs::fstat(&*root_fd).map_err(|e| crate::Error::Io {
+            path: config.lowers.first().cloned().unwrap_or_default(),
+            source: e.into(),
+        })?;
+        let fs = OverlayFs {
+            layers,
+            has_upper,
+            work,
+            ns: RwLock::new(()),
+            nodes: Mutex::new(HashMap::new()),
+            ids: Mutex::new(HashMap::new()),
+            next_ino: AtomicU64::new(ROOT_INO + 1),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            tmp_seq: AtomicU64::new(0),
+            passthrough: AtomicBool::new(config.passthrough),
+            config,
+        };
+        let chain: Vec<usize> = (0..fs.layers.len()).collect();
+        let root = Arc::new(Node {
+            ino: ROOT_INO,
+            kind: FileType::Directory,
+            lookups: AtomicU64::new(1),
+            st: Mutex::new(NodeState {
+                fd: root_fd,
+                layer: 0,
+                parent: ROOT_INO,
+                name: OsString::new(),
+                chain,
+                index: None,
+            }),
+            backing: Mutex::new(Weak::new()),
+        });
+        fs.ids
+            .lock()
+            .unwrap()
+            .insert((st.st_dev, st.st_ino), ROOT_INO);
+        fs.nodes.lock().unwrap().insert(ROOT_INO, root);
+        Ok(fs)
+    }
+
+    fn upper_layer(&self) -> OpResult<()> {
+        if self.has_upper {
+            Ok(())
+        } else {
+            Err(Errno::ROFS)
+        }
+    }
+
+    /// The node with this number.
+    pub fn node(&self, ino: u64) -> OpResult<Arc<Node>> {
+        self.nodes
+            .lock()
+            .unwrap()
+            .get(&ino)
+            .cloned()
+            .ok_or(Errno::STALE)
+    }
+
+    fn node_fd(&self, node: &Node) -> (Arc<OwnedFd>, usize) {
+        let st = node.st.lock().unwrap();
+        (st.fd.clone(), st.layer)
+    }
+
+    fn in_upper(&self, node: &Node) -> bool {
+        self.has_upper && node.st.lock().unwrap().layer == 0
+    }
+
+    /// Path of a node relative to the layer roots (for opening a directory
+    /// in a lower layer with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`).
+    fn rel_path(&self, node: &Node) -> OpResult<PathBuf> {
+        let mut parts = Vec::new();
+        let (mut parent, mut name) = {
+            let st = node.st.lock().unwrap();
+            (st.parent, st.name.clone())
+        };
+        let mut ino = node.ino;
+        while ino != ROOT_INO {
+            parts.push(name);
+            let p = self.node(parent)?;
+            ino = p.ino;
+            let st = p.st.lock().unwrap();
+            parent = st.parent;
+            name = st.name.clone();
+        }
+        let mut path = PathBuf::from(".");
+        for p in parts.iter().rev() {
+            path.push(p);
+        }
+        Ok(path)
+    }
+
+    /// The merged index of a directory node, built on first use.
+    pub(crate) fn index(&self, node: &Node) -> OpResult<Arc<DirIndex>> {
+        let (chain, top_fd, top_layer) = {
+            let st = node.st.lock().unwrap();
+            if let Some(ix) = &st.index {
+                return Ok(ix.clone());
+            }
+            (st.chain.clone(), st.fd.clone(), st.layer)
+        };
+        if node.kind != FileType::Directory {
+            return Err(Errno::NOTDIR);
+        }
+        let rel = if chain.iter().any(|&l| l != top_layer) {
+            Some(self.rel_path(node)?)
+        } else {
+            None
+        };
+        let mut dirs = Vec::new();
+        let mut listings = Vec::new();
+        for &l in &chain {
+            let fd = if l == top_layer {
+                top_fd.clone()
+            } else {
+                let how = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let resolve =
+                    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+                match rfs::openat2(
+                    &*self.layers[l],
+                    rel.as_ref().unwrap(),
+                    how,
+                    Mode::empty(),
+                    resolve,
+                ) {
+                    Ok(fd) => Arc::new(fd),
+                    // The chain said it is a dir there; a concurrent change of
+                    // a lower layer is not supported, so stop merging.
+                    Err(_) => break,
+                }
+            };
+            let (list, opaque) = layer::read_layer_dir(&fd)?;
+            dirs.push((l, fd));
+            listings.push((l, list, opaque));
+            if opaque {
+                break;
+            }
+        }
+        let (entries, _) = layer::merge(listings);
+        let ix = Arc::new(DirIndex { dirs, entries });
+        node.st.lock().unwrap().index = Some(ix.clone());
+        Ok(ix)
+    }
+
+    fn update_index(&self, dir: &Node, f: impl FnOnce(&mut DirIndex)) -> OpResult<()> {
+        self.index(dir)?;
+        let mut st = dir.st.lock().unwrap();
+        let ix = st.index.as_mut().ok_or(Errno::IO)?;
+        f(Arc::make_mut(ix));
+        Ok(())
+    }
+
+    fn node_for(
+        &self,
+        st: &Stat,
+        kind: FileType,
+        fd: OwnedFd,
+        layer: usize,
+        parent: u64,
+        name: &OsStr,
+        chain: Vec<usize>,
+        count: bool,
+    ) -> Arc<Node> {
+        let ino = *self
+            .ids
+            .lock()
+            .unwrap()
+            .entry((st.st_dev, st.st_ino))
+            .or_insert_with(|| self.next_ino.fetch_add(1, Ordering::Relaxed));
+        let mut nodes = self.nodes.lock().unwrap();
+        if let Some(n) = nodes.get(&ino) {
+            if n.kind == kind {
+                if count {
+                    n.lookups.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut s = n.st.lock().unwrap();
+                if kind != FileType::Directory {
+                    s.parent = parent;
+                    s.name = name.to_owned();
+                }
+                return n.clone();
+            }
+        }
+        let n = Arc::new(Node {
+            ino,
+            kind,
+            lookups: AtomicU64::new(u64::from(count)),
+            st: Mutex::new(NodeState {
+                fd: Arc::new(fd),
+                layer,
+                parent,
+                name: name.to_owned(),
+                chain,
+                index: None,
+            }),
+            backing: Mutex::new(Weak::new()),
+        });
+        nodes.insert(ino, n.clone());
+        n
+    }
+
+    /// Resolves a name in a directory; `count` adds a kernel lookup reference.
+    pub(crate) fn child(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        count: bool,
+    ) -> OpResult<Option<(Arc<Node>, Stat)>> {
+        let ix = self.index(parent)?;
+        let Some(e) = ix.entries.get(name) else {
+            return Ok(None);
+        };
+        let State::Present { layer, kind } = e.state else {
+            return Ok(None);
+        };
+        let dirfd = ix.dir_fd(layer).ok_or(Errno::IO)?;
+        let fd = rfs::openat(
+            &**dirfd,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rfs::fstat(&fd)?;
+        let node = self.node_for(
+            &st,
+            kind,
+            fd,
+            layer,
+            parent.ino,
+            name,
+            e.dir_chain.clone(),
+            count,
+        );
+        let st = if node.st.lock().unwrap().layer != layer {
+            rfs::fstat(&*self.node_fd(&node).0)?
+        } else {
+            st
+        };
+        Ok(Some((node, st)))
+    }
+
+    /// Stat of a node's real file.
+    pub fn stat(&self, node: &Node) -> OpResult<Stat> {
+        rfs::fstat(&*self.node_fd(node).0)
+    }
+
+    /// Whether a directory is merged from more than one layer (its nlink is
+    /// then reported as 1, as overlayfs does, since the count is unknown).
+    pub fn is_merged_dir(&self, node: &Node) -> bool {
+        node.kind == FileType::Directory && node.st.lock().unwrap().chain.len() > 1
+    }
+
+    // ---- lookup, forget, attributes ----------------------------------------------------
+
+    /// `lookup`: `None` means "no such name" (cacheable).
+    pub fn op_lookup(&self, parent: u64, name: &OsStr) -> OpResult<Option<(Arc<Node>, Stat)>> {
+        let _g = self.ns.read().unwrap();
+        let p = self.node(parent)?;
+        self.child(&p, name, true)
+    }
+
+    /// `forget`: drops `n` kernel references.
+    pub fn op_forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut nodes = self.nodes.lock().unwrap();
+        if let Some(node) = nodes.get(&ino) {
+            let prev = node.lookups.fetch_sub(
+                n.min(node.lookups.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+            if prev <= n {
+                nodes.remove(&ino);
+            }
+        }
+    }
+
+    /// Undo one lookup reference taken by [`Self::child`] (readdirplus overflow).
+    pub(crate) fn unref(&self, node: &Node) {
+        node.lookups.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// `getattr`.
+    pub fn op_getattr(&self, ino: u64, fh: Option<u64>) -> OpResult<(Arc<Node>, Stat)> {
+        if let Some(fh) = fh {
+            if let Some(h) = self.handles.lock().unwrap().get(&fh).cloned() {
+                if let Handle::File { file, node, .. } = &*h {
+                    return Ok((node.clone(), rfs::fstat(file)?));
+                }
+            }
+        }
+        let node = self.node(ino)?;
+        let st = self.stat(&node)?;
+        Ok((node, st))
+    }
+
+    /// `readlink`.
+    pub fn op_readlink(&self, ino: u64) -> OpResult<Vec<u8>> {
+        let node = self.node(ino)?;
+        let (fd, _) = self.node_fd(&node);
+        Ok(rfs::readlinkat(&*fd, "", Vec::new())?.into_bytes())
+    }
+
+    /// `setattr`: copies up first, then chown, chmod, truncate, times.
+    #[allow(clippy::too_many_arguments)]
+    pub fn op_setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<Timespec>,
+        mtime: Option<Timespec>,
+        fh: Option<u64>,
+    ) -> OpResult<(Arc<Node>, Stat)> {
+        self.upper_layer()?;
+        let node = self.node(ino)?;
+        {
+            let _g = self.ns.write().unwrap();
+            if !self.in_upper(&node) {
+                self.copy_up(&node, size == Some(0))?;
+            }
+        }
+        let (fd, _) = self.node_fd(&node);
+        if uid.is_some() || gid.is_some() {
+            let u = uid.map(rfs::Uid::from_raw);
+            let g = gid.map(rfs::Gid::from_raw);
+            rfs::chownat(
+                &*fd,
+                "",
+                u,
+                g,
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        if let Some(mode) = mode {
+            if node.kind != FileType::Symlink {
+                rfs::chmodat(
+                    rfs::CWD,
+                    proc_path(&*fd),
+                    Mode::from_raw_mode(mode & 0o7777),
+                    AtFlags::empty(),
+                )?;
+            }
+        }
+        if let Some(size) = size {
+            let handle = fh.and_then(|fh| self.handles.lock().unwrap().get(&fh).cloned());
+            match handle.as_deref() {
+                Some(Handle::File { file, .. }) if file_writable(file) => {
+                    rfs::ftruncate(file, size)?
+                }
+                _ => {
+                    let f = rfs::open(
+                        proc_path(&*fd),
+                        OFlags::WRONLY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    rfs::ftruncate(&f, size)?;
+                }
+            }
+        }
+        if atime.is_some() || mtime.is_some() {
+            let omit = Timespec {
+                tv_sec: 0,
+                tv_nsec: rfs::UTIME_OMIT,
+            };
+            let ts = Timestamps {
+                last_access: atime.unwrap_or(omit),
+                last_modification: mtime.unwrap_or(omit),
+            };
+            if node.kind == FileType::Symlink {
+                let (pfd, name) = self.parent_upper_fd(&node)?;
+                rfs::utimensat(&*pfd, &name, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
+            } else {
+                rfs::utimensat(rfs::CWD, proc_path(&*fd), &ts, AtFlags::empty())?;
+            }
+        }
+        let st = rfs::fstat(&*fd)?;
+        Ok((node, st))
+    }
+
+    fn parent_upper_fd(&self, node: &Node) -> OpResult<(Arc<OwnedFd>, OsString)> {
+        let (parent, name) = {
+            let st = node.st.lock().unwrap();
+            (st.parent, st.name.clone())
+        };
+        let p = self.node(parent)?;
+        if !self.in_upper(&p) {
+            return Err(Errno::IO);
+        }
+        Ok((self.node_fd(&p).0, name))
+    }
+
+    // ---- copy-up -----------------------------------------------------------------------
+
+    fn tmp_name(&self) -> String {
+        format!(
+            "#lamina-{}-{}",
+            std::process::id(),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Copies a node (and its parents) into the upper layer. Needs the
+    /// namespace write lock. `skip_data`: the file is about to be truncated.
+    pub(crate) fn copy_up(&self, node: &Arc<Node>, skip_data: bool) -> OpResult<()> {
+        self.upper_layer()?;
+        if self.in_upper(node) {
+            return Ok(());
+        }
+        let (parent_ino, name, src_fd) = {
+            let st = node.st.lock().unwrap();
+            (st.parent, st.name.clone(), st.fd.clone())
+        };
+        let parent = self.node(parent_ino)?;
+        self.copy_up(&parent, false)?;
+        let upper_parent = self.node_fd(&parent).0;
+        let work = self.work.as_ref().ok_or(Errno::ROFS)?;
+        let st = rfs::fstat(&*src_fd)?;
+        let tmp = self.tmp_name();
+        let mode = Mode::from_raw_mode(st.st_mode & 0o7777);
+        let result = (|| -> OpResult<()> {
+            match node.kind {
+                FileType::Directory => {
+                    rfs::mkdirat(work, &tmp, Mode::from_raw_mode(0o700))?;
+                }
+                FileType::RegularFile => {
+                    let dst = rfs::openat(
+                        work,
+                        &tmp,
+                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )?;
+                    if !skip_data && st.st_size > 0 {
+                        let src = rfs::open(
+                            proc_path(&*src_fd),
+                            OFlags::RDONLY | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )?;
+                        copy_data(&src, &dst, st.st_size as u64)?;
+                    }
+                }
+                FileType::Symlink => {
+                    let target = rfs::readlinkat(&*src_fd, "", Vec::new())?;
+                    rfs::symlinkat(target.as_c_str(), work, &tmp)?;
+                }
+                kind => {
+                    rfs::mknodat(work, &tmp, kind, mode, st.st_rdev)?;
+                }
+            }
+            if node.kind != FileType::Symlink {
+                copy_xattrs(&proc_path(&*src_fd), work, &tmp)?;
+            }
+            rfs::chownat(
+                work,
+                &tmp,
+                Some(rfs::Uid::from_raw(st.st_uid)),
+                Some(rfs::Gid::from_raw(st.st_gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+            if node.kind != FileType::Symlink {
+                rfs::chmodat(work, &tmp, mode, AtFlags::empty())?;
+            }
+            let ts = Timestamps {
+                last_access: Timespec {
+                    tv_sec: st.st_atime,
+                    tv_nsec: st.st_atime_nsec as _,
+                },
+                last_modification: Timespec {
+                    tv_sec: st.st_mtime,
+                    tv_nsec: st.st_mtime_nsec as _,
+                },
+            };
+            rfs::utimensat(work, &tmp, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
+            rfs::renameat_with(work, &tmp, &*upper_parent, &name, RenameFlags::NOREPLACE)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let flags = if node.kind == FileType::Directory {
+                AtFlags::REMOVEDIR
+            } else {
+                AtFlags::empty()
+            };
+            let _ = rfs::unlinkat(work, &tmp, flags);
+            return Err(e);
+        }
+        let fd = Arc::new(rfs::openat(
+            &*upper_parent,
+            &name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?);
+        let ust = rfs::fstat(&*fd)?;
+        self.ids
+            .lock()
+            .unwrap()
+            .insert((ust.st_dev, ust.st_ino), node.ino);
+        {
+            let mut s = node.st.lock().unwrap();
+            s.fd = fd.clone();
+            s.layer = 0;
+            if node.kind == FileType::Directory {
+                s.chain.insert(0, 0);
+                if let Some(ix) = s.index.as_mut() {
+                    Arc::make_mut(ix).dirs.insert(0, (0, fd));
+                }
+            }
+        }
+        self.update_index(&parent, |ix| {
+            if let Some(e) = ix.entries.get_mut(&name) {
+                if let State::Present { kind, .. } = e.state {
+                    e.state = State::Present { layer: 0, kind };
+                    if kind == FileType::Directory {
+                        e.dir_chain.insert(0, 0);
+                    }
+                }
+            }
+        })
+    }
+
+    /// Copies a directory and everything under it into the upper layer, after
+    /// which it no longer depends on lower layers (so it can move anywhere).
+    fn copy_up_tree(&self, dir: &Arc<Node>) -> OpResult<()> {
+        self.copy_up(dir, false)?;
+        let ix = self.index(dir)?;
+        let names: Vec<(OsString, FileType, usize)> = ix
+            .entries
+            .iter()
+            .filter_map(|(n, e)| match e.state {
+                State::Present { layer, kind } => Some((n.clone(), kind, layer)),
+                State::Whiteout => None,
+            })
+            .collect();
+        for (name, kind, layer) in names {
+            if layer == 0 && kind != FileType::Directory {
+                continue;
+            }
+            if let Some((child, _)) = self.child(dir, &name, false)? {
+                if kind == FileType::Directory {
+                    self.copy_up_tree(&child)?;
+                } else {
+                    self.copy_up(&child, false)?;
+                }
+            }
+        }
+        let mut s = dir.st.lock().unwrap();
+        s.chain = vec![0];
+        s.index = None;
+        Ok(())
+    }
+
+    // ---- creating names ----------------------------------------------------------------
+
+    /// Makes `name` in `parent` ready to be created in the upper layer:
+    /// returns the upper dir fd and the old entry.
+    fn prepare_new(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+    ) -> OpResult<(Arc<OwnedFd>, Option<Entry>)> {
+        self.upper_layer()?;
+        if name.len() > 255 {
+            return Err(Errno::NAMETOOLONG);
+        }
+        let ix = self.index(parent)?;
+        let old = ix.entries.get(name).cloned();
+        if old.as_ref().is_some_and(|e| e.is_present()) {
+            return Err(Errno::EXIST);
+        }
+        self.copy_up(parent, false)?;
+        let dirfd = self.node_fd(parent).0;
+        if old.as_ref().is_some_and(|e| e.upper_whiteout) {
+            rfs::unlinkat(&*dirfd, name, AtFlags::empty())?;
+            self.update_index(parent, |ix| {
+                if let Some(e) = ix.entries.get_mut(name) {
+                    e.upper_whiteout = false;
+                }
+            })?;
+        }
+        Ok((dirfd, old))
+    }
+
+    /// Owner of a new file: the caller, with the group inherited from a
+    /// set-group-ID parent.
+    fn owner(&self, parent: &Node, caller: Caller) -> OpResult<(u32, u32)> {
+        let pst = self.stat(parent)?;
+        let gid = if pst.st_mode & 0o2000 != 0 {
+            pst.st_gid
+        } else {
+            caller.gid
+        };
+        Ok((caller.uid, gid))
+    }
+
+    /// Finishes a creation: owner, index entry, node.
+    fn finish_new(
+        &self,
+        parent: &Arc<Node>,
+        dirfd: &OwnedFd,
+        name: &OsStr,
+        kind: FileType,
+        old: Option<Entry>,
+        caller: Caller,
+        mode: Option<u32>,
+    ) -> OpResult<(Arc<Node>, Stat)> {
+        let (uid, gid) = self.owner(parent, caller)?;
+        let fd = rfs::openat(
+            dirfd,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rfs::chownat(
+            &fd,
+            "",
+            Some(rfs::Uid::from_raw(uid)),
+            Some(rfs::Gid::from_raw(gid)),
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        if let Some(mode) = mode {
+            if mode & 0o6000 != 0 && kind != FileType::Symlink {
+                rfs::chmodat(
+                    rfs::CWD,
+                    proc_path(&fd),
+                    Mode::from_raw_mode(mode & 0o7777),
+                    AtFlags::empty(),
+                )?;
+            }
+        }
+        let lower_positive = old.as_ref().is_some_and(|e| e.lower_positive);
+        if kind == FileType::Directory && lower_positive {
+            rfs::setxattr(
+                proc_path(&fd),
+                layer::OPAQUE_XATTR,
+                b"y",
+                rfs::XattrFlags::empty(),
+            )?;
+        }
+        let st = rfs::fstat(&fd)?;
+        let node = self.node_for(&st, kind, fd, 0, parent.ino, name, vec![0], true);
+        if kind == FileType::Directory {
+            node.st.lock().unwrap().index = Some(Arc::new(DirIndex {
+                dirs: vec![(0, self.node_fd(&node).0)],
+                entries: Default::default(),
+            }));
+        }
+        self.update_index(parent, |ix| {
+            ix.entries
+                .insert(name.to_owned(), Entry::upper(kind, lower_positive));
+        })?;
+        Ok((node, st))
+    }
+
+    /// `mknod` (regular files, devices, fifos, sockets).
+    pub fn op_mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> OpResult<(Arc<Node>, Stat)> {
+        let _g = self.ns.write().unwrap();
+        let p = self.node(parent)?;
+        let (dirfd, old) = self.prepare_new(&p, name)?;
+        let kind = FileType::from_raw_mode(mode);
+        let perm = Mode::from_raw_mode(mode & 0o7777);
+        if kind == FileType::RegularFile {
+            rfs::openat(
+                &*dirfd,
+                name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                perm,
+            )?;
+        } else {
+            rfs::mknodat(&*dirfd, name, kind, perm, rdev)?;
+        }
+        self.finish_new(&p, &dirfd, name, kind, old, caller, Some(mode))
+    }
+
+    /// `mkdir`.
+    pub fn op_mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> OpResult<(Arc<Node>, Stat)> {
+        let _g = self.ns.write().unwrap();
+        let p = self.node(parent)?;
+        let (dirfd, old) = self.prepare_new(&p, name)?;
+        rfs::mkdirat(&*dirfd, name, Mode::from_raw_mode(mode & 0o7777))?;
+        self.finish_new(
+            &p,
+            &dirfd,
+            name,
+            FileType::Directory,
+            old,
+            caller,
+            Some(mode),
+        )
+    }
+
+    /// `symlink`.
+    pub fn op_symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        caller: Caller,
+    ) -> OpResult<(Arc<Node>, Stat)> {
+        let _g = self.ns.write().unwrap();
+        let p = self.node(parent)?;
+        let (dirfd, old) = self.prepare_new(&p, name)?;
+        rfs::symlinkat(target, &*dirfd, name)?;
+        self.finish_new(&p, &dirfd, name, FileType::Symlink, old, caller, None)
+    }
+
+    /// `create`: creates and opens a regular file.
+    pub(crate) fn op_create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> OpResult<(Arc<Node>, Stat, Opened)> {
+        let _g = self.ns.write().unwrap();
+        let p = self.node(parent)?;
+        let (dirfd, old) = self.prepare_new(&p, name)?;
+        let perm = Mode::from_raw_mode(mode & 0o7777);
+        let file = rfs::openat(
+            &*dirfd,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+            perm,
+        )?;
+        let (node, st) = self.finish_new(
+            &p,
+            &dirfd,
+            name,
+            FileType::RegularFile,
+            old,
+            caller,
+            Some(mode),
+        )?;
+        let file = if flags & libc::O_ACCMODE == libc::O_RDONLY || flags & libc::O_APPEND != 0 {
+            // Reopen with the caller's access mode/append (the create fd is O_RDWR).
+            drop(file);
+            self.reopen(&node, flags)?
+        } else {
+            File::from(file)
+        };
+        Ok((
+            node.clone(),
+            st,
+            Opened {
+                file,
+                node,
+                layer: 0,
+            },
+        ))
+    }
+
+    /// `link`: a new name for an existing file (copied up first).
+    pub fn op_link(
+        &self,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> OpResult<(Arc<Node>, Stat)> {
+        let _g = self.ns.write().unwrap();
+        let node = self.node(ino)?;
+        if node.kind == FileType::Directory {
+            return Err(Errno::PERM);
+        }
+        let p = self.node(newparent)?;
+        let (dirfd, old) = self.prepare_new(&p, newname)?;
+        self.copy_up(&node, false)?;
+        let (fd, _) = self.node_fd(&node);
+        rfs::linkat(&*fd, "", &*dirfd, newname, AtFlags::EMPTY_PATH)?;
+        let lower_positive = old.as_ref().is_some_and(|e| e.lower_positive);
+        self.update_index(&p, |ix| {
+            ix.entries
+                .insert(newname.to_owned(), Entry::upper(node.kind, lower_positive));
+        })?;
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        let st = rfs::fstat(&*fd)?;
+        Ok((node, st))
+    }
+
+    // ---- removing names ----------------------------------------------------------------
+
+    /// Writes a whiteout at `name` in upper dir `dirfd`, atomically replacing
+    /// what the upper layer has there (if `replace`).
+    fn whiteout(&self, dirfd: &OwnedFd, name: &OsStr, replace: Option<bool>) -> OpResult<()> {
+        let work = self.work.as_ref().ok_or(Errno::ROFS)?;
+        let tmp = self.tmp_name();
+        rfs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0)?;
+        let r = match replace {
+            None => rfs::renameat_with(work, &tmp, dirfd, name, RenameFlags::NOREPLACE),
+            Some(false) => rfs::renameat(work, &tmp, dirfd, name),
+            Some(true) => rfs::renameat_with(work, &tmp, dirfd, name, RenameFlags::EXCHANGE)
+                .and_then(|()| rfs::unlinkat(work, &tmp, AtFlags::REMOVEDIR)),
+        };
+        if r.is_err() {
+            let _ = rfs::unlinkat(work, &tmp, AtFlags::empty());
+        }
+        r
+    }
+
+    /// Removes the whiteouts an upper dir may hold so that it can be removed.
+    fn clear_whiteouts(dir: &OwnedFd) -> OpResult<()> {
+        let (list, _) = layer::read_layer_dir(dir)?;
+        let fd = rfs::openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        for (name, raw) in list {
+            if raw == layer::Raw::Whiteout {
+                let _ = rfs::unlinkat(&fd, &name, AtFlags::empty());
+                let mut marker = OsString::from(layer::WHITEOUT_PREFIX);
+                marker.push(&name);
+                let _ = rfs::unlinkat(&fd, &marker, AtFlags::empty());
+            } else {
+                return Err(Errno::NOTEMPTY);
+            }
+        }
+        let _ = rfs::unlinkat(&fd, layer::OPAQUE_MARKER, AtFlags::empty());
+        Ok(())
+    }
+
+    fn forget_identity_if_gone(&self, node: &Node) {
+        let (fd, layer) = self.node_fd(node);
+        if layer == 0 && self.has_upper {
+            if let Ok(st) = rfs::fstat(&*fd) {
+                if st.st_nlink == 0 {
+                    self.ids.lock().unwrap().remove(&(st.st_dev, st.st_ino));
+                }
+            }
+        }
+    }
+
+    /// `unlink` and `rmdir`.
+    pub fn op_remove(&self, parent: u64, name: &OsStr, dir: bool) -> OpResult<()> {
+        self.upper_layer()?;
+        let _g = self.ns.write().unwrap();
+        let p = self.node(parent)?;
+        let ix = self.index(&p)?;
+        let e = ix.entries.get(name).cloned().ok_or(Errno::NOENT)?;
+        let State::Present { layer, kind } = e.state else {
+            return Err(Errno::NOENT);
+        };
+        let is_dir = kind == FileType::Directory;
+        if dir && !is_dir {
+            return Err(Errno::NOTDIR);
+        }
+        if !dir && is_dir {
+            return Err(Errno::ISDIR);
+        }
+        let (child, _) = self.child(&p, name, false)?.ok_or(Errno::NOENT)?;
+        if is_dir && !self.index(&child)?.is_empty() {
+            return Err(Errno::NOTEMPTY);
+        }
+        self.copy_up(&p, false)?;
+        let dirfd = self.node_fd(&p).0;
+        if layer == 0 {
+            if is_dir {
+                Self::clear_whiteouts(&self.node_fd(&child).0)?;
+            }
+            if e.lower_positive {
+                self.whiteout(&dirfd, name, Some(is_dir))?;
+            } else {
+                rfs::unlinkat(
+                    &*dirfd,
+                    name,
+                    if is_dir {
+                        AtFlags::REMOVEDIR
+                    } else {
+                        AtFlags::empty()
+                    },
+                )?;
+            }
+        } else {
+            self.whiteout(&dirfd, name, None)?;
+        }
+        self.forget_identity_if_gone(&child);
+        self.update_index(&p, |ix| {
+            if e.lower_positive {
+                ix.entries.insert(name.to_owned(), Entry::whiteout());
+            } else {
+                ix.entries.remove(name);
+            }
+        })
+    }
+
+    /// `rename` (plain, `RENAME_NOREPLACE`, `RENAME_EXCHANGE`). Directories
+    /// that come from lower layers are copied up whole first: never EXDEV.
+    pub fn op_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> OpResult<()> {
+        self.upper_layer()?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 {
+            return Err(Errno::INVAL);
+        }
+        let _g = self.ns.write().unwrap();
+        let sp = self.node(parent)?;
+        let dp = self.node(newparent)?;
+        let se = self
+            .index(&sp)?
+            .entries
+            .get(name)
+            .cloned()
+            .filter(|e| e.is_present())
+            .ok_or(Errno::NOENT)?;
+        let de = self.index(&dp)?.entries.get(newname).cloned();
+        let dst_present = de.as_ref().is_some_and(|e| e.is_present());
+        if noreplace && dst_present {
+            return Err(Errno::EXIST);
+        }
+        if exchange && !dst_present {
+            return Err(Errno::NOENT);
+        }
+        let (src, _) = self.child(&sp, name, false)?.ok_or(Errno::NOENT)?;
+        let dst = if dst_present {
+            self.child(&dp, newname, false)?.map(|(n, _)| n)
+        } else {
+            None
+        };
+        if let Some(d) = &dst {
+            if Arc::ptr_eq(d, &src) {
+                return Ok(());
+            }
+            if !exchange {
+                match (
+                    src.kind == FileType::Directory,
+                    d.kind == FileType::Directory,
+                ) {
+                    (true, false) => return Err(Errno::NOTDIR),
+                    (false, true) => return Err(Errno::ISDIR),
+                    (true, true) if !self.index(d)?.is_empty() => return Err(Errno::NOTEMPTY),
+                    _ => {}
+                }
+            }
+        }
+        if src.kind == FileType::Directory {
+            // A directory may not move into itself.
+            let mut cur = dp.clone();
+            loop {
+                if Arc::ptr_eq(&cur, &src) {
+                    return Err(Errno::INVAL);
+                }
+                if cur.ino == ROOT_INO {
+                    break;
+                }
+                let parent = cur.st.lock().unwrap().parent;
+                cur = self.node(parent)?;
+            }
+        }
+        self.copy_up(&sp, false)?;
+        self.copy_up(&dp, false)?;
+        let full = |n: &Arc<Node>| -> OpResult<()> {
+            if n.kind == FileType::Directory {
+                let chain = n.st.lock().unwrap().chain.clone();
+                if chain != [0] {
+                    self.copy_up_tree(n)
+                } else {
+                    Ok(())
+                }
+            } else {
+                self.copy_up(n, false)
+            }
+        };
+        full(&src)?;
+        if exchange {
+            full(dst.as_ref().unwrap())?;
+        }
+        let sfd = self.node_fd(&sp).0;
+        let dfd = self.node_fd(&dp).0;
+        let dst_lower = de.as_ref().is_some_and(|e| e.lower_positive);
+        if exchange {
+            rfs::renameat_with(&*sfd, name, &*dfd, newname, RenameFlags::EXCHANGE)?;
+        } else {
+            if let Some(d) = &dst {
+                if d.kind == FileType::Directory && self.in_upper(d) {
+                    Self::clear_whiteouts(&self.node_fd(d).0)?;
+                }
+            }
+            if de.as_ref().is_some_and(|e| e.upper_whiteout) && src.kind == FileType::Directory {
+                rfs::unlinkat(&*dfd, newname, AtFlags::empty())?;
+            }
+            if se.lower_positive {
+                match rfs::renameat_with(&*sfd, name, &*dfd, newname, RenameFlags::WHITEOUT) {
+                    Ok(()) => {}
+                    Err(Errno::INVAL) | Err(Errno::NOTSUP) => {
+                        rfs::renameat(&*sfd, name, &*dfd, newname)?;
+                        self.whiteout(&sfd, name, None)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                rfs::renameat(&*sfd, name, &*dfd, newname)?;
+            }
+        }
+        let set_opaque = |n: &Arc<Node>| -> OpResult<()> {
+            if n.kind == FileType::Directory {
+                let fd = self.node_fd(n).0;
+                rfs::setxattr(
+                    proc_path(&*fd),
+                    layer::OPAQUE_XATTR,
+                    b"y",
+                    rfs::XattrFlags::empty(),
+                )?;
+            }
+            Ok(())
+        };
+        if dst_lower {
+            set_opaque(&src)?;
+        }
+        if exchange && se.lower_positive {
+            set_opaque(dst.as_ref().unwrap())?;
+        }
+        // Nodes and indexes.
+        {
+            let mut s = src.st.lock().unwrap();
+            s.parent = dp.ino;
+            s.name = newname.to_owned();
+        }
+        if exchange {
+            let d = dst.as_ref().unwrap();
+            let mut s = d.st.lock().unwrap();
+            s.parent = sp.ino;
+            s.name = name.to_owned();
+        } else if let Some(d) = &dst {
+            self.forget_identity_if_gone(d);
+        }
+        let skind = src.kind;
+        let dkind = dst.as_ref().map(|d| d.kind);
+        self.update_index(&sp, |ix| {
+            if exchange {
+                ix.entries.insert(
+                    name.to_owned(),
+                    Entry::upper(dkind.unwrap(), se.lower_positive),
+                );
+            } else if se.lower_positive {
+                ix.entries.insert(name.to_owned(), Entry::whiteout());
+            } else {
+                ix.entries.remove(name);
+            }
+        })?;
+        self.update_index(&dp, |ix| {
+            ix.entries
+                .insert(newname.to_owned(), Entry::upper(skind, dst_lower));
+        })
+    }
+
+    // ---- open files --------------------------------------------------------------------
+
+    fn reopen(&self, node: &Node, flags: i32) -> OpResult<File> {
+        let (fd, _) = self.node_fd(node);
+        let keep = libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_NONBLOCK
+            | libc::O_DSYNC
+            | libc::O_SYNC
+            | libc::O_NOATIME;
+        let mut of = OFlags::from_bits_retain((flags & keep) as u32) | OFlags::CLOEXEC;
+        of.remove(OFlags::NOATIME);
+        Ok(File::from(rfs::open(proc_path(&*fd), of, Mode::empty())?))
+    }
+
+    /// `open`: copies up when opened for writing or truncation.
+    pub(crate) fn op_open(&self, ino: u64, flags: i32) -> OpResult<Opened> {
+        let node = self.node(ino)?;
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let trunc = flags & libc::O_TRUNC != 0;
+        if (write || trunc) && !self.in_upper(&node) {
+            self.upper_layer()?;
+            let _g = self.ns.write().unwrap();
+            self.copy_up(&node, trunc)?;
+        }
+        let (_, layer) = self.node_fd(&node);
+        let file = self.reopen(&node, flags)?;
+        if trunc && node.kind == FileType::RegularFile {
+            rfs::ftruncate(&file, 0)?;
+        }
+        Ok(Opened { file, node, layer })
+    }
+
+    /// A file to register as passthrough backing for `node` (read-write when
+    /// in the upper layer, so every later open of the inode can share it).
+    pub(crate) fn backing_file(&self, node: &Node, opened: &Opened) -> OpResult<File> {
+        if opened.layer == 0 && self.has_upper {
+            if let Ok(f) = self.reopen(node, libc::O_RDWR) {
+                return Ok(f);
+            }
+        }
+        Ok(opened.file.try_clone().map_err(io_errno)?)
+    }
+
+    pub(crate) fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub(crate) fn handle(&self, fh: u64) -> OpResult<Arc<Handle>> {
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno::BADF)
+    }
+
+    pub(crate) fn release(&self, fh: u64) {
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    fn file(&self, fh: u64) -> OpResult<Arc<Handle>> {
+        let h = self.handle(fh)?;
+        match &*h {
+            Handle::File { .. } => Ok(h),
+            Handle::Dir { .. } => Err(Errno::ISDIR),
+        }
+    }
+
+    /// `read` (when not served by passthrough).
+    pub fn op_read(&self, fh: u64, offset: u64, size: u32) -> OpResult<Vec<u8>> {
+        let h = self.file(fh)?;
+        let Handle::File { file, .. } = &*h else {
+            unreachable!()
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_errno(e)),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// `write` (when not served by passthrough).
+    pub fn op_write(&self, fh: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
+        let h = self.file(fh)?;
+        let Handle::File { file, .. } = &*h else {
+            unreachable!()
+        };
+        let append = rfs::fcntl_getfl(file)
+            .map(|f| f.contains(OFlags::APPEND))
+            .unwrap_or(false);
+        if append {
+            let mut f = file;
+            f.write_all(data).map_err(io_errno)?;
+        } else {
+            file.write_all_at(data, offset).map_err(io_errno)?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// `fsync` / `fdatasync`.
+    pub fn op_fsync(&self, fh: u64, datasync: bool) -> OpResult<()> {
+        let h = self.handle(fh)?;
+        match &*h {
+            Handle::File { file, .. } => {
+                if datasync {
+                    rfs::fdatasync(file)
+                } else {
+                    rfs::fsync(file)
+                }
+            }
+            Handle::Dir { node, .. } => {
+                let (fd, _) = self.node_fd(node);
+                let d = rfs::openat(
+                    &*fd,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                rfs::fsync(&d)
+            }
+        }
+    }
+
+    /// `fallocate`.
+    pub fn op_fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> OpResult<()> {
+        let h = self.file(fh)?;
+        let Handle::File { file, .. } = &*h else {
+            unreachable!()
+        };
+        rfs::fallocate(
+            file,
+            rfs::FallocateFlags::from_bits_retain(mode as u32),
+            offset,
+            len,
+        )
+    }
+
+    /// `lseek` (SEEK_DATA/SEEK_HOLE).
+    pub fn op_lseek(&self, fh: u64, offset: i64, whence: i32) -> OpResult<i64> {
+        let h = self.file(fh)?;
+        let Handle::File { file, .. } = &*h else {
+            unreachable!()
+        };
+        let pos = match whence {
+            libc::SEEK_DATA => rfs::SeekFrom::Data(offset as u64),
+            libc::SEEK_HOLE => rfs::SeekFrom::Hole(offset as u64),
+            libc::SEEK_END => rfs::SeekFrom::End(offset),
+            libc::SEEK_CUR => rfs::SeekFrom::Current(offset),
+            _ => rfs::SeekFrom::Start(offset as u64),
+        };
+        Ok(rfs::seek(file, pos)? as i64)
+    }
+
+    // ---- directories -------------------------------------------------------------------
+
+    /// `opendir`: snapshots the merged names.
+    pub(crate) fn op_opendir(&self, ino: u64) -> OpResult<u64> {
+        let _g = self.ns.read().unwrap();
+        let node = self.node(ino)?;
+        let ix = self.index(&node)?;
+        let entries = ix.visible().map(|(n, k)| (n.clone(), k)).collect();
+        Ok(self.add_handle(Handle::Dir { node, entries }))
+    }
+
+    /// Resolves a directory handle's entry for readdir(plus).
+    pub(crate) fn dir_entry(
+        &self,
+        dir: &Node,
+        name: &OsStr,
+        count: bool,
+    ) -> OpResult<Option<(Arc<Node>, Stat)>> {
+        let _g = self.ns.read().unwrap();
+        self.child(dir, name, count)
+    }
+
+    // ---- xattrs, statfs, access ----------------------------------------------------
+
+    fn xattr_path(&self, node: &Node) -> OpResult<String> {
+        if node.kind == FileType::Symlink {
+            return Err(Errno::NOTSUP);
+        }
+        Ok(proc_path(&*self.node_fd(node).0))
+    }
+
+    /// `getxattr` (overlay-private names are hidden).
+    pub fn op_getxattr(&self, ino: u64, name: &OsStr) -> OpResult<Vec<u8>> {
+        if is_private_xattr(name) {
+            return Err(Errno::NODATA);
+        }
+        let node = self.node(ino)?;
+        if node.kind == FileType::Symlink {
+            return Err(Errno::NODATA);
+        }
+        let path = self.xattr_path(&node)?;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match rfs::getxattr(&path, name, &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                Err(Errno::RANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 16, 0),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `listxattr` (overlay-private names are hidden).
+    pub fn op_listxattr(&self, ino: u64) -> OpResult<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.kind == FileType::Symlink {
+            return Ok(Vec::new());
+        }
+        let path = self.xattr_path(&node)?;
+        let raw = list_xattrs(&path)?;
+        let mut out = Vec::new();
+        for name in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if !is_private_xattr(OsStr::from_bytes(name)) {
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `setxattr` (copies up first).
+    pub fn op_setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> OpResult<()> {
+        self.upper_layer()?;
+        if is_private_xattr(name) {
+            return Err(Errno::PERM);
+        }
+        let node = self.node(ino)?;
+        {
+            let _g = self.ns.write().unwrap();
+            self.copy_up(&node, false)?;
+        }
+        let path = self.xattr_path(&node)?;
+        rfs::setxattr(
+            &path,
+            name,
+            value,
+            rfs::XattrFlags::from_bits_retain(flags as u32),
+        )
+    }
+
+    /// `removexattr` (copies up first).
+    pub fn op_removexattr(&self, ino: u64, name: &OsStr) -> OpResult<()> {
+        self.upper_layer()?;
+        if is_private_xattr(name) {
+            return Err(Errno::NODATA);
+        }
+        let node = self.node(ino)?;
+        let path = self.xattr_path(&node)?;
+        // Nothing to remove: no copy-up needed.
+        rfs::getxattr(&path, name, &mut [0u8; 0][..]).map(|_| ())?;
+        {
+            let _g = self.ns.write().unwrap();
+            self.copy_up(&node, false)?;
+        }
+        let path = self.xattr_path(&node)?;
+        rfs::removexattr(&path, name)
+    }
+
+    /// `statfs`: of the upper layer (or the top lower layer when read-only).
+    pub fn op_statfs(&self) -> OpResult<rfs::StatFs> {
+        rfs::fstatfs(&*self.layers[0])
+    }
+
+    /// `access` (the kernel checks permissions itself with `default_permissions`;
+    /// this answers explicit access(2) calls the same way).
+    pub fn op_access(&self, ino: u64, mask: i32, caller: Caller) -> OpResult<()> {
+        let node = self.node(ino)?;
+        let st = self.stat(&node)?;
+        if mask & libc::W_OK != 0 && !self.has_upper {
+            return Err(Errno::ROFS);
+        }
+        if caller.uid == 0 {
+            if mask & libc::X_OK != 0 && node.kind != FileType::Directory && st.st_mode & 0o111 == 0
+            {
+                return Err(Errno::ACCESS);
+            }
+            return Ok(());
+        }
+        let bits = if st.st_uid == caller.uid {
+            (st.st_mode >> 6) & 7
+        } else if st.st_gid == caller.gid {
+            (st.st_mode >> 3) & 7
+        } else {
+            st.st_mode & 7
+        };
+        if (mask as u32 & 7) & !bits != 0 {
+            return Err(Errno::ACCESS);
+        }
+        Ok(())
+    }
+}
+
+fn file_writable(f: &File) -> bool {
+    rfs::fcntl_getfl(f)
+        .map(|fl| fl.intersects(OFlags::WRONLY | OFlags::RDWR))
+        .unwrap_or(false)
+}
+
+/// Names overlayfs keeps for itself; never shown through the mount.
+fn is_private_xattr(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.starts_with(b"trusted.overlay.")
+        || b.starts_with(b"user.overlay.")
+        || b.starts_with(b"trusted.lamina.")
+}
+
+fn list_xattrs(path: &str) -> OpResult<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match rfs::listxattr(path, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 16, 0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Copies user-visible xattrs from `src` (a path) to `name` in `dir`.
+fn copy_xattrs(src: &str, dir: &OwnedFd, name: &str) -> OpResult<()> {
+    let names = match list_xattrs(src) {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if names.is_empty() {
+        return Ok(());
+    }
+    let dst = format!("{}/{}", proc_path(dir), name);
+    for n in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let n = OsStr::from_bytes(n);
+        if is_private_xattr(n) {
+            continue;
+        }
+        let mut buf = vec![0u8; 65536];
+        let len = match rfs::getxattr(src, n, &mut buf[..]) {
+            Ok(l) => l,
+            Err(_) => continue,
+        };
+        match rfs::lsetxattr(&dst, n, &buf[..len], rfs::XattrFlags::empty()) {
+            Ok(()) | Err(Errno::NOTSUP) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Copies file data: reflink when the filesystem can, else copy_file_range,
+/// else read/write.
+fn copy_data(src: &impl AsFd, dst: &impl AsFd, len: u64) -> OpResult<()> {
+    if rfs::ioctl_ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut done = 0u64;
+    let mut off_in = 0u64;
+    let mut off_out = 0u64;
+    let mut fallback = false;
+    while done < len || fallback {
+        if fallback {
+            break;
+        }
+        let chunk = (len - done).min(1 << 30) as usize;
+        match rfs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
+            Ok(0) => break,
+            Ok(n) => done += n as u64,
+            Err(Errno::INTR) => {}
+            Err(Errno::XDEV) | Err(Errno::INVAL) | Err(Errno::NOSYS) | Err(Errno::OPNOTSUPP) => {
+                fallback = true
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if fallback {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pos = done;
+        loop {
+            let n = rustix::io::pread(src, &mut buf[..], pos)?;
+            if n == 0 {
+                break;
+            }
+            let mut w = 0;
+            while w < n {
+                w += rustix::io::pwrite(dst, &buf[w..n], pos + w as u64)?;
+            }
+            pos += n as u64;
+        }
+    }
+    Ok(())
+}
