@@ -3,6 +3,7 @@
 
 mod commands;
 mod context;
+mod service;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

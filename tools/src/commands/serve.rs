@@ -1,16 +1,48 @@
 //! `lamina serve`: serve the local API and the containerd snapshotter.
 
+use std::path::PathBuf;
+
 use crate::context::Context;
+use crate::service;
 
 /// Arguments of `lamina serve`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Directory for the sockets (default: /run/lamina).
+    /// Directory for the sockets.
+    #[arg(long, default_value = "/run/lamina")]
+    pub socket_dir: PathBuf,
+    /// containerd snapshotter socket (default: SOCKET_DIR/snapshotter.sock).
     #[arg(long)]
-    pub socket_dir: Option<std::path::PathBuf>,
+    pub snapshotter_socket: Option<PathBuf>,
+    /// HTTP API socket (default: SOCKET_DIR/api.sock).
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
+    /// Overlay that containerd mounts: lamina's FUSE driver or kernel overlayfs.
+    #[arg(long, value_enum, default_value = "fuse")]
+    pub driver: service::snapshotter::Driver,
+    /// A directory under which API clients may mount (repeatable; default:
+    /// /run/lamina/mounts and ROOT/mounts).
+    #[arg(long = "mount-root")]
+    pub mount_roots: Vec<PathBuf>,
 }
 
 /// Runs `lamina serve`.
-pub fn run(_ctx: &Context, _args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`lamina serve` is not implemented yet")
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let mount_roots = if args.mount_roots.is_empty() {
+        vec![PathBuf::from("/run/lamina/mounts"), ctx.root.join("mounts")]
+    } else {
+        args.mount_roots
+    };
+    let config = service::Config {
+        root: ctx.root.clone(),
+        snapshotter_socket: args
+            .snapshotter_socket
+            .unwrap_or_else(|| args.socket_dir.join("snapshotter.sock")),
+        api_socket: args
+            .api_socket
+            .unwrap_or_else(|| args.socket_dir.join("api.sock")),
+        driver: args.driver,
+        mount_roots,
+    };
+    tokio::runtime::Runtime::new()?.block_on(service::serve(config))
 }

@@ -1,0 +1,309 @@
+//! containerd's snapshots service (`containerd.services.snapshots.v1`) over
+//! [`Snapshots`]: a proxy-plugin snapshotter.
+//!
+//! Mounts handed to containerd, for a snapshot over committed parents P1..Pn:
+//!
+//! | snapshot | `kernel` driver | `fuse` driver |
+//! |---|---|---|
+//! | active, no parent | `bind` of its upper, rw | same |
+//! | active, parents | `overlay` lowerdir=P1:..:Pn,upperdir,workdir | `fuse3.lamina-overlayfs`, same options |
+//! | active, labelled as containerd's layer extraction | `overlay` | `overlay` (see below) |
+//! | view, one parent | `bind` of P1, ro | same |
+//! | view, parents | `overlay` lowerdir only | `fuse3.lamina-overlayfs` lowerdir only |
+//!
+//! An extraction snapshot gets an `overlay` spec under both drivers: containerd
+//! then writes the layer straight into the upper dir in overlay format (it
+//! never mounts it), which is lamina's layer format; nothing goes through FUSE.
+//!
+//! containerd runs `fuse3.*` mounts through `mount.fuse3`, which starts
+//! `lamina-overlayfs lamina TARGET -o OPTIONS`: `lamina-overlayfs` must be on
+//! containerd's `PATH`. Those mounts are their own processes, so restarting
+//! `lamina serve` leaves running containers alone.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use containerd_snapshots::{self as cs, api::types::Mount, tonic};
+
+use super::filters;
+use super::snapshots::{self, Kind, Record, Snapshots};
+
+/// Which overlay containerd is told to mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Driver {
+    /// lamina's FUSE overlay, through `mount.fuse3` and `lamina-overlayfs`.
+    Fuse,
+    /// Kernel overlayfs.
+    Kernel,
+}
+
+/// The snapshotter containerd talks to.
+pub struct Snapshotter {
+    snapshots: Arc<Snapshots>,
+    driver: Driver,
+    /// `index=off` when the kernel knows the option: the same lower dirs
+    /// are mounted by many overlays at once.
+    overlay_index_off: bool,
+}
+
+impl Snapshotter {
+    /// A snapshotter over `snapshots`, handing out `driver` mounts.
+    pub fn new(snapshots: Arc<Snapshots>, driver: Driver) -> Self {
+        Snapshotter {
+            snapshots,
+            driver,
+            overlay_index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
+        }
+    }
+
+    /// Runs a blocking snapshot operation off the async runtime.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Snapshots) -> snapshots::Result<T> + Send + 'static,
+    ) -> Result<T, tonic::Status> {
+        let s = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| tonic::Status::internal(format!("snapshot operation panicked: {e}")))?
+            .map_err(status)
+    }
+
+    fn mounts_of(&self, s: &Snapshots, r: &Record) -> snapshots::Result<Vec<Mount>> {
+        let lowers = s.lower_dirs(r.parent.as_deref())?;
+        let join = |dirs: &[std::path::PathBuf]| {
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let bind = |dir: &Path, ro: bool| Mount {
+            r#type: "bind".into(),
+            source: dir.display().to_string(),
+            target: String::new(),
+            options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()],
+        };
+        let extraction = snapshots::extraction_target(&r.key, &r.labels).is_some();
+        let overlay_type = if self.driver == Driver::Kernel || extraction {
+            "overlay"
+        } else {
+            "fuse3.lamina-overlayfs"
+        };
+        let mut options = vec![];
+        if overlay_type == "overlay" && self.overlay_index_off {
+            options.push("index=off".to_owned());
+        }
+        let mounts = match (r.kind, lowers.len()) {
+            (Kind::Committed, _) => {
+                return Err(snapshots::Error::FailedPrecondition(format!(
+                    "snapshot {:?} is committed: mount it through a View",
+                    r.key
+                )));
+            }
+            (Kind::Active, 0) => vec![bind(&s.fs_dir(r), false)],
+            (Kind::View, 0) => vec![bind(&s.fs_dir(r), true)],
+            (Kind::View, 1) => vec![bind(&lowers[0], true)],
+            (Kind::View, _) => {
+                options.push(format!("lowerdir={}", join(&lowers)));
+                vec![Mount {
+                    r#type: overlay_type.into(),
+                    source: overlay_source(overlay_type).into(),
+                    target: String::new(),
+                    options,
+                }]
+            }
+            (Kind::Active, _) => {
+                options.push(format!("workdir={}", s.work_dir(r).display()));
+                options.push(format!("upperdir={}", s.fs_dir(r).display()));
+                options.push(format!("lowerdir={}", join(&lowers)));
+                vec![Mount {
+                    r#type: overlay_type.into(),
+                    source: overlay_source(overlay_type).into(),
+                    target: String::new(),
+                    options,
+                }]
+            }
+        };
+        Ok(mounts)
+    }
+
+    async fn create(
+        self: &Arc<Self>,
+        key: String,
+        parent: String,
+        kind: Kind,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, tonic::Status> {
+        let this = self.clone();
+        self.blocking(move |s| {
+            let r = s.create(&key, &parent, kind, labels)?;
+            this.mounts_of(s, &r)
+        })
+        .await
+    }
+}
+
+fn overlay_source(overlay_type: &str) -> &'static str {
+    if overlay_type == "overlay" {
+        "overlay"
+    } else {
+        "lamina"
+    }
+}
+
+/// containerd's error codes for snapshot errors.
+fn status(e: snapshots::Error) -> tonic::Status {
+    use snapshots::Error as E;
+    let msg = e.to_string();
+    match e {
+        E::NotFound(_) => tonic::Status::not_found(msg),
+        E::AlreadyExists(_) => tonic::Status::already_exists(msg),
+        E::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
+        E::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
+        E::Db { .. } | E::Io { .. } => {
+            tracing::error!("{msg}");
+            tonic::Status::internal(msg)
+        }
+    }
+}
+
+fn info(r: Record) -> cs::Info {
+    cs::Info {
+        kind: match r.kind {
+            Kind::View => cs::Kind::View,
+            Kind::Active => cs::Kind::Active,
+            Kind::Committed => cs::Kind::Committed,
+        },
+        name: r.key,
+        parent: r.parent.unwrap_or_default(),
+        labels: r.labels,
+        created_at: r.created,
+        updated_at: r.updated,
+    }
+}
+
+/// The gRPC face: `Arc<Snapshotter>` so creating mounts can reach the driver
+/// from blocking tasks.
+pub struct Service(pub Arc<Snapshotter>);
+
+#[tonic::async_trait]
+impl cs::Snapshotter for Service {
+    type Error = tonic::Status;
+
+    async fn stat(&self, key: String) -> Result<cs::Info, Self::Error> {
+        self.0.blocking(move |s| s.stat(&key)).await.map(info)
+    }
+
+    async fn update(
+        &self,
+        info_in: cs::Info,
+        fieldpaths: Option<Vec<String>>,
+    ) -> Result<cs::Info, Self::Error> {
+        let key = info_in.name;
+        let labels = info_in.labels;
+        let paths = fieldpaths.unwrap_or_default();
+        self.0
+            .blocking(move |s| s.update(&key, labels, &paths))
+            .await
+            .map(info)
+    }
+
+    async fn usage(&self, key: String) -> Result<cs::Usage, Self::Error> {
+        let u = self
+            .0
+            .blocking(move |s| {
+                let r = s.stat(&key)?;
+                if r.kind == Kind::View {
+                    return Ok(snapshots::Usage::default());
+                }
+                snapshots::usage(&s.fs_dir(&r))
+            })
+            .await?;
+        Ok(cs::Usage {
+            inodes: u.inodes,
+            size: u.size,
+        })
+    }
+
+    async fn mounts(&self, key: String) -> Result<Vec<Mount>, Self::Error> {
+        let this = self.0.clone();
+        self.0
+            .blocking(move |s| {
+                let r = s.stat(&key)?;
+                this.mounts_of(s, &r)
+            })
+            .await
+    }
+
+    async fn prepare(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, Self::Error> {
+        tracing::debug!(key, parent, ?labels, "prepare");
+        self.0.create(key, parent, Kind::Active, labels).await
+    }
+
+    async fn view(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, Self::Error> {
+        tracing::debug!(key, parent, "view");
+        self.0.create(key, parent, Kind::View, labels).await
+    }
+
+    async fn commit(
+        &self,
+        name: String,
+        key: String,
+        labels: HashMap<String, String>,
+    ) -> Result<(), Self::Error> {
+        tracing::debug!(name, key, "commit");
+        self.0
+            .blocking(move |s| s.commit(&name, &key, labels))
+            .await
+            .map(drop)
+    }
+
+    async fn remove(&self, key: String) -> Result<(), Self::Error> {
+        tracing::debug!(key, "remove");
+        self.0
+            .blocking(move |s| {
+                for dir in s.remove(&key)? {
+                    snapshots::remove_tree(&dir);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn clear(&self) -> Result<(), Self::Error> {
+        self.0
+            .blocking(|s| {
+                for dir in s.orphans()? {
+                    snapshots::remove_tree(&dir);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    type InfoStream = futures::stream::Iter<std::vec::IntoIter<Result<cs::Info, tonic::Status>>>;
+
+    async fn list(
+        &self,
+        _snapshotter: String,
+        filters: Vec<String>,
+    ) -> Result<Self::InfoStream, Self::Error> {
+        let records = self.0.blocking(|s| s.list()).await?;
+        let infos: Vec<_> = records
+            .into_iter()
+            .filter(|r| filters::matches(&filters, r))
+            .map(|r| Ok(info(r)))
+            .collect();
+        Ok(futures::stream::iter(infos))
+    }
+}
