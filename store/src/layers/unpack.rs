@@ -1,1 +1,156 @@
-//! Layer unpack: a (possibly compressed) tar stream into one layer directory.
+//! Layer unpack: a (possibly compressed) tar stream into one layer directory,
+//! in overlayfs format.
+//!
+//! The stream is read once. The calling thread detects the compression
+//! (gzip, zstd or none, from the magic bytes), decompresses, hashes the
+//! uncompressed bytes (the diff id) and hands them in large chunks to a
+//! worker thread that parses the tar and writes the entries; memory stays
+//! bounded by a few chunks whatever the layer size. Nothing is fsynced: the
+//! caller syncs the file system once per layer if it wants durability.
+//!
+//! Invariants:
+//! - Nothing is written, linked, chmod-ed or deleted outside `dest`: every
+//!   lookup is relative to `dest`'s fd with `RESOLVE_IN_ROOT` (symlinks in the
+//!   layer resolve inside it), and every last component is handled with
+//!   no-follow `*at` calls (see [`fs`]). Lower layers are only read (as
+//!   hardlink sources).
+//! - Entry names are normalised ([`path::normalize`]): a leading `/` is
+//!   stripped, `..` above the root is rejected.
+//! - Whiteouts become character devices 0/0 (or `.wh.NAME` marker files
+//!   without the privilege for mknod), `.wh..wh..opq` becomes the
+//!   `trusted.overlay.opaque=y` xattr (or the marker file). Layers cannot
+//!   set `trusted.overlay.*` xattrs themselves.
+//! - On error `dest` holds a partial layer; the caller deletes it.
+
+mod apply;
+pub mod error;
+mod fs;
+pub mod path;
+mod stream;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+
+pub use apply::OPAQUE_XATTR;
+pub use error::UnpackError;
+pub use stream::Compression;
+
+/// What an unpack saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpackStats {
+    /// `sha256:<hex>` of the uncompressed tar stream: the layer's diff id.
+    pub diff_id: String,
+    /// Bytes of the uncompressed tar stream.
+    pub size: u64,
+    /// Tar entries applied (whiteouts included, PAX/GNU extension headers not).
+    pub entries: u64,
+}
+
+impl UnpackStats {
+    /// Checks the diff id against the one an image config announces.
+    pub fn verify_diff_id(&self, expected: &str, layer_name: &str) -> Result<(), UnpackError> {
+        if self.diff_id == expected {
+            Ok(())
+        } else {
+            Err(UnpackError::DiffIdMismatch {
+                layer: layer_name.to_owned(),
+                expected: expected.to_owned(),
+                actual: self.diff_id.clone(),
+            })
+        }
+    }
+}
+
+/// Unpacks the layer tar stream `reader` (gzip, zstd or plain) into `dest`.
+///
+/// `dest` must be an existing empty directory on the same file system as
+/// `lowers`, the directories of the parent layers, nearest first (hardlinks
+/// to files of lower layers are made with `link()`, or copied if that fails).
+/// `layer_name` only labels errors. On error, `dest` is left partial and the
+/// caller removes it; nothing outside `dest` has been modified.
+pub fn unpack(
+    reader: impl Read,
+    dest: &Path,
+    lowers: &[PathBuf],
+    layer_name: &str,
+) -> Result<UnpackStats, UnpackError> {
+    let open = |p: &Path| {
+        fs::Tree::open(p).map_err(|source| UnpackError::Directory {
+            path: p.to_owned(),
+            source,
+        })
+    };
+    let tree = open(dest)?;
+    let lower_trees = lowers
+        .iter()
+        .map(|p| open(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (tx, rx) = sync_channel(stream::CHUNKS);
+    let (free_tx, free_rx) = sync_channel(stream::CHUNKS);
+    let lower_trees = &lower_trees;
+
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("lamina-untar".into())
+            // remove_all recurses once per path component (at most path::MAX_DEPTH).
+            .stack_size(16 << 20)
+            .spawn_scoped(scope, move || {
+                let mut input = stream::ChannelReader::new(rx, free_tx);
+                apply_archive(&mut input, tree, lower_trees, layer_name)
+            })
+            .map_err(|source| UnpackError::Read {
+                layer: layer_name.to_owned(),
+                source,
+            })?;
+        let produced = stream::produce(reader, tx, free_rx);
+        let applied = worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let summary = produced.map_err(|source| UnpackError::Read {
+            layer: layer_name.to_owned(),
+            source,
+        })?;
+        if summary.size == 0 {
+            return Err(UnpackError::Empty {
+                layer: layer_name.to_owned(),
+            });
+        }
+        let entries = applied?;
+        Ok(UnpackStats {
+            diff_id: format!("sha256:{}", hex::encode(summary.digest)),
+            size: summary.size,
+            entries,
+        })
+    })
+}
+
+/// The worker: parses the tar and applies every entry, then drains the
+/// stream (so the whole of it is hashed) and fixes up directories.
+fn apply_archive(
+    input: &mut stream::ChannelReader,
+    tree: fs::Tree,
+    lowers: &[fs::Tree],
+    layer: &str,
+) -> Result<u64, UnpackError> {
+    let mut applier = apply::Applier::new(tree, lowers, layer);
+    let mut last: Option<String> = None;
+    let tar_error = |last: &Option<String>, source| UnpackError::Tar {
+        layer: layer.to_owned(),
+        after: match last {
+            None => "at the start".to_owned(),
+            Some(name) => format!("after entry {name:?}"),
+        },
+        source,
+    };
+    {
+        let mut archive = tar::Archive::new(&mut *input);
+        for entry in archive.entries().map_err(|e| tar_error(&last, e))? {
+            let mut entry = entry.map_err(|e| tar_error(&last, e))?;
+            applier.apply(&mut entry)?;
+            last = Some(String::from_utf8_lossy(&entry.path_bytes()).into_owned());
+        }
+    }
+    input.drain().map_err(|e| tar_error(&last, e))?;
+    applier.finish()
+}

@@ -1,0 +1,230 @@
+//! Directory-fd based file system access confined to one layer directory.
+//!
+//! Every lookup of a directory goes through `openat2(RESOLVE_IN_ROOT |
+//! RESOLVE_NO_MAGICLINKS)` relative to the layer root's fd, so a symlink in
+//! the layer (even `a -> /` or `../../..`) resolves inside the layer, never
+//! outside it. The last component of every entry is then created, replaced or
+//! removed with `*at` calls on that parent fd without following symlinks
+//! (`O_NOFOLLOW`, `O_EXCL`, `AT_SYMLINK_NOFOLLOW`, `linkat` without
+//! `AT_SYMLINK_FOLLOW`). Paths longer than [`SHORT_PATH`] bytes are opened in
+//! pieces; beyond the first piece symlinks are refused (`RESOLVE_NO_SYMLINKS`)
+//! rather than followed.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno;
+
+use super::path::split_parent;
+
+/// Longest path resolved by one `openat2` call (PATH_MAX is 4096).
+pub const SHORT_PATH: usize = 3072;
+
+/// Flags of a directory fd usable both as a `*at` base and for `fsetxattr`.
+pub const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
+
+/// Opens `rel` below `base` with `openat2`, retrying on `EAGAIN` (which the
+/// kernel returns when a rename raced with a scoped `..` lookup).
+fn openat2_retry(
+    base: BorrowedFd<'_>,
+    rel: &[u8],
+    oflags: OFlags,
+    resolve: ResolveFlags,
+) -> io::Result<OwnedFd> {
+    loop {
+        match rustix::fs::openat2(base, rel, oflags, Mode::empty(), resolve) {
+            Err(Errno::AGAIN | Errno::INTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// The root of a layer directory, and a one-entry cache of the last parent
+/// directory looked up (tar archives list a directory's entries together).
+pub struct Tree {
+    root: OwnedFd,
+    cache: Option<(Vec<u8>, OwnedFd)>,
+}
+
+impl Tree {
+    /// Opens the layer directory at `path` (the caller's path, trusted).
+    pub fn open(path: &Path) -> io::Result<Tree> {
+        let root = rustix::fs::openat(CWD, path, DIR_FLAGS, Mode::empty())?;
+        Ok(Tree { root, cache: None })
+    }
+
+    /// The layer root's fd.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// Opens the existing directory `rel` (normalised), resolving symlinks
+    /// as if the layer root were `/`.
+    pub fn open_dir(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        if rel.is_empty() {
+            return Ok(self.root.try_clone()?);
+        }
+        let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        if rel.len() <= SHORT_PATH {
+            return openat2_retry(self.root(), rel, DIR_FLAGS, in_root);
+        }
+        // Long path: the first piece may use symlinks, later pieces not.
+        let mut fd: Option<OwnedFd> = None;
+        let mut rest = rel;
+        while !rest.is_empty() {
+            let cut = if rest.len() <= SHORT_PATH {
+                rest.len()
+            } else {
+                rest[..=SHORT_PATH]
+                    .iter()
+                    .rposition(|&b| b == b'/')
+                    .ok_or_else(|| io::Error::from(Errno::NAMETOOLONG))?
+            };
+            let piece = &rest[..cut];
+            let next = match &fd {
+                None => openat2_retry(self.root(), piece, DIR_FLAGS, in_root)?,
+                Some(base) => openat2_retry(
+                    base.as_fd(),
+                    piece,
+                    DIR_FLAGS,
+                    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+                )
+                .map_err(|e| {
+                    if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) {
+                        io::Error::other(
+                            "symlinks are not followed beyond the first 3072 bytes of a path",
+                        )
+                    } else {
+                        e
+                    }
+                })?,
+            };
+            fd = Some(next);
+            rest = rest.get(cut + 1..).unwrap_or(b"");
+        }
+        Ok(fd.expect("non-empty path"))
+    }
+
+    /// Opens directory `rel`, creating missing components (mode 0755).
+    /// A component that exists but is not a directory (or is a dangling
+    /// symlink) is an error, never replaced.
+    pub fn open_dir_create(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        match self.open_dir(rel) {
+            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) && !rel.is_empty() => {
+                let (parent, name) = split_parent(rel);
+                let pfd = self.open_dir_create(parent)?;
+                match rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                Ok(rustix::fs::openat(
+                    &pfd,
+                    name,
+                    DIR_FLAGS | OFlags::NOFOLLOW,
+                    Mode::empty(),
+                )?)
+            }
+            other => other,
+        }
+    }
+
+    /// Takes the fd of parent directory `rel` out of the cache (or opens it).
+    pub fn take_parent(&mut self, rel: &[u8], create: bool) -> io::Result<OwnedFd> {
+        if let Some((path, fd)) = self.cache.take() {
+            if path == rel {
+                return Ok(fd);
+            }
+        }
+        if create {
+            self.open_dir_create(rel)
+        } else {
+            self.open_dir(rel)
+        }
+    }
+
+    /// Returns a parent fd to the cache.
+    pub fn put_parent(&mut self, rel: &[u8], fd: OwnedFd) {
+        self.cache = Some((rel.to_vec(), fd));
+    }
+
+    /// Forgets the cached parent: something in the tree was removed or
+    /// replaced, so a cached resolution may be stale.
+    pub fn invalidate(&mut self) {
+        self.cache = None;
+    }
+}
+
+/// `lstat` of `name` in `dir`; `None` if it does not exist.
+pub fn lstat(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Stat>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// True for a directory.
+pub fn is_dir(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Directory
+}
+
+/// True for an overlayfs whiteout: a character device 0/0.
+pub fn is_whiteout(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
+}
+
+/// Removes `name` in `dir` whatever it is, a directory with all its content.
+/// Never follows a symlink: only things inside `dir` are removed.
+pub fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let sub = rustix::fs::openat(dir, name, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty())?;
+    let mut names = Vec::new();
+    for entry in Dir::read_from(&sub)? {
+        let entry = entry?;
+        let child = entry.file_name().to_bytes();
+        if child != b"." && child != b".." {
+            names.push(child.to_vec());
+        }
+    }
+    for child in names {
+        remove_all(sub.as_fd(), &child)?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
+    Ok(())
+}
+
+/// Sets an xattr on `name` in `dir` without following it if it is a
+/// symlink, and without opening it for I/O (it may be a device or fifo).
+pub fn set_xattr_nofollow(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    xname: &[u8],
+    value: &[u8],
+) -> io::Result<()> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    // The /proc magic link jumps to the inode itself, even a symlink opened
+    // with O_PATH|O_NOFOLLOW; no path in the layer is resolved again.
+    let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    rustix::fs::setxattr(
+        proc.as_str(),
+        OsStr::from_bytes(xname),
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )?;
+    Ok(())
+}
