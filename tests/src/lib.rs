@@ -1,6 +1,8 @@
 //! Shared fixtures for lamina's integration tests: temporary stores, the
 //! `lamina` binary, a real registry on loopback, peer tools.
 
+pub mod registry;
+
 /// Path of a binary built from this workspace (`lamina`, `lamina-overlayfs`).
 ///
 /// `scripts/test.sh` builds the binaries before the tests run; `LAMINA_BIN_DIR`

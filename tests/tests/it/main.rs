@@ -1,1 +1,2 @@
 //! lamina's integration tests, one module per area.
+mod registry_client;
