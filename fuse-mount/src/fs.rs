@@ -450,6 +450,9 @@ impl OverlayFs {
 
     /// `lookup`: `None` means "no such name" (cacheable).
     pub fn op_lookup(&self, parent: u64, name: &OsStr) -> OpResult<Option<(Arc<Node>, Stat)>> {
+        if name.len() > 255 {
+            return Err(Errno::NAMETOOLONG);
+        }
         let _g = self.ns.read().unwrap();
         let p = self.node(parent)?;
         self.child(&p, name, true)

@@ -1,6 +1,8 @@
-//! `lamina create`: create a container.
+//! `lamina create`: create a container (an image plus its own empty upper dir).
 
 use crate::context::Context;
+use anyhow::Context as _;
+use lamina_store::Store;
 
 /// Arguments of `lamina create`.
 #[derive(clap::Args)]
@@ -12,7 +14,18 @@ pub struct Args {
     pub name: Option<String>,
 }
 
-/// Runs `lamina create`.
-pub fn run(_ctx: &Context, _args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`lamina create` is not implemented yet")
+/// Runs `lamina create`: prints the new container's id.
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let store = Store::open(&ctx.root)
+        .with_context(|| format!("opening the store at {}", ctx.root.display()))?;
+    let c = store
+        .create_container(&args.image, args.name.as_deref())
+        .with_context(|| {
+            format!(
+                "creating a container from {} (see `lamina images`)",
+                args.image
+            )
+        })?;
+    println!("{}", c.id);
+    Ok(())
 }

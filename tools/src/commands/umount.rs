@@ -1,6 +1,11 @@
-//! `lamina umount`: unmount a lamina mount.
+//! `lamina umount`: unmount a lamina mount; also cleans up after a serving
+//! process that died (the kernel mount is detached, the upper dir is left as
+//! it is on disk).
 
+use super::mount::{absolute, is_mounted, record, remove_record};
 use crate::context::Context;
+use rustix::mount::{UnmountFlags, unmount};
+use std::time::{Duration, Instant};
 
 /// Arguments of `lamina umount`.
 #[derive(clap::Args)]
@@ -9,7 +14,48 @@ pub struct Args {
     pub dir: std::path::PathBuf,
 }
 
+fn alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.windows(11).any(|w| w == b"mount-serve"))
+        .unwrap_or(false)
+}
+
 /// Runs `lamina umount`.
-pub fn run(_ctx: &Context, _args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`lamina umount` is not implemented yet")
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let dir = absolute(&args.dir)?;
+    let rec = record(ctx, &dir);
+    if !is_mounted(&dir) {
+        if rec.is_some() {
+            remove_record(ctx, &dir);
+            return Ok(());
+        }
+        anyhow::bail!("{} is not mounted", dir.display());
+    }
+    let server = rec.as_ref().and_then(|r| r.pid).filter(|&p| alive(p));
+    match unmount(&dir, UnmountFlags::empty()) {
+        Ok(()) => {}
+        Err(e) if server.is_none() => {
+            // The server is gone (or this is not our FUSE mount): detach lazily.
+            unmount(&dir, UnmountFlags::DETACH).map_err(|e2| {
+                anyhow::anyhow!(
+                    "unmounting {} failed: {e}; lazy unmount failed too: {e2}",
+                    dir.display()
+                )
+            })?;
+        }
+        Err(rustix::io::Errno::BUSY) => anyhow::bail!(
+            "{} is busy: close the files and leave the directories open in it, then retry",
+            dir.display()
+        ),
+        Err(e) => anyhow::bail!("unmounting {} failed: {e}", dir.display()),
+    }
+    // Let the server finish (it exits once the kernel ends the session).
+    if let Some(pid) = server {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    remove_record(ctx, &dir);
+    Ok(())
 }
