@@ -1,5 +1,6 @@
-//! `lamina inspect`: show an image's manifest, config and layers.
+//! `lamina inspect`: show an image's manifest, config and layers as JSON.
 
+use crate::commands::images::open_store;
 use crate::context::Context;
 
 /// Arguments of `lamina inspect`.
@@ -10,6 +11,43 @@ pub struct Args {
 }
 
 /// Runs `lamina inspect`.
-pub fn run(_ctx: &Context, _args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`lamina inspect` is not implemented yet")
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let store = open_store(ctx)?;
+    let img = store.image(&args.reference)?;
+    let (_, manifest) = store.manifest(&img.manifest_digest)?;
+    let (_, config) = store.config(&img.config_digest)?;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
+    let config: serde_json::Value = serde_json::from_slice(&config)?;
+    let layers: Vec<serde_json::Value> = img
+        .layers
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "digest": l.digest,
+                "media_type": l.media_type,
+                "size": l.size,
+                "diff_id": l.diff_id,
+                "chain_id": l.chain_id,
+                "unpacked_size": l.unpacked_size,
+                "dir": store.layer_dir(&l.chain_id),
+            })
+        })
+        .collect();
+    let out = serde_json::json!({
+        "id": img.id,
+        "names": img.names,
+        "manifest_digest": img.manifest_digest,
+        "manifest_media_type": img.manifest_media_type,
+        "config_digest": img.config_digest,
+        "index_digests": img.index_digests,
+        "created": img.created,
+        "os": img.os,
+        "architecture": img.architecture,
+        "size": img.size,
+        "manifest": manifest,
+        "config": config,
+        "layers": layers,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
 }
