@@ -2,6 +2,7 @@
 //! `lamina` binary, a real registry on loopback, peer tools.
 
 pub mod registry;
+pub mod service;
 
 /// Path of a binary built from this workspace (`lamina`, `lamina-overlayfs`).
 ///

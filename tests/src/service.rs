@@ -1,0 +1,426 @@
+//! Fixtures for `lamina serve`: the daemon itself, a real containerd that
+//! uses it as its `lamina` proxy snapshotter, a gRPC client of the snapshots
+//! API, a raw HTTP client for the API socket, and a small runnable image made
+//! from the host's own `dash`, `cat` and `ls` (with their libraries).
+
+use anyhow::{Context as _, Result, bail, ensure};
+use std::io::{Read as _, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `lamina serve` on a temporary root. SIGTERM on drop.
+pub struct Serve {
+    child: Option<Child>,
+    /// The store root.
+    pub root: PathBuf,
+    /// containerd snapshotter socket.
+    pub snapshotter_socket: PathBuf,
+    /// HTTP API socket.
+    pub api_socket: PathBuf,
+    /// `--driver` value.
+    pub driver: String,
+    extra: Vec<String>,
+}
+
+impl Serve {
+    /// Starts `lamina --root ROOT serve --driver DRIVER` with its sockets in
+    /// `sock_dir`, and waits until both sockets answer.
+    pub fn start(root: &Path, sock_dir: &Path, driver: &str, extra: &[&str]) -> Result<Serve> {
+        let mut s = Serve {
+            child: None,
+            root: root.to_owned(),
+            snapshotter_socket: sock_dir.join("snapshotter.sock"),
+            api_socket: sock_dir.join("api.sock"),
+            driver: driver.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.root.with_extension("serve.log"))?;
+        let child = Command::new(crate::bin("lamina"))
+            .arg("--root")
+            .arg(&self.root)
+            .arg("serve")
+            .arg("--driver")
+            .arg(&self.driver)
+            .arg("--snapshotter-socket")
+            .arg(&self.snapshotter_socket)
+            .arg("--api-socket")
+            .arg(&self.api_socket)
+            .args(&self.extra)
+            .env("LAMINA_LOG", "lamina=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting lamina serve")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if UnixStream::connect(&self.snapshotter_socket).is_ok()
+                && UnixStream::connect(&self.api_socket).is_ok()
+            {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("lamina serve exited with {status}: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("lamina serve did not open its sockets: {}", self.log())
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.with_extension("serve.log")).unwrap_or_default()
+    }
+
+    /// Stops the daemon (SIGTERM, then waits).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops and starts the daemon again on the same root and sockets.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Whether the daemon is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A real containerd whose `lamina` snapshotter is a [`Serve`]. Killed on drop.
+pub struct Containerd {
+    child: Child,
+    /// Temp dir with config, root, state and sockets.
+    pub dir: tempfile::TempDir,
+    /// containerd's gRPC socket.
+    pub address: PathBuf,
+    /// The containerd namespace `ctr` uses: unique per instance, because
+    /// runc keeps its state per namespace under one host-wide root.
+    pub namespace: String,
+    path_env: String,
+}
+
+impl Containerd {
+    /// Starts containerd with `[proxy_plugins.lamina]` pointing at
+    /// `snapshotter_socket`; `None` (after saying why) when containerd, ctr
+    /// or runc is missing or we are not root.
+    pub fn start(snapshotter_socket: &Path) -> Option<Containerd> {
+        for tool in ["containerd", "ctr", "runc", "mount.fuse3"] {
+            if !crate::registry::have(tool) && !Path::new("/sbin").join(tool).exists() {
+                eprintln!("SKIPPED: needs `{tool}` (apt-get install containerd runc fuse3)");
+                return None;
+            }
+        }
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: containerd needs root");
+            return None;
+        }
+        Some(Self::try_start(snapshotter_socket).expect("starting containerd"))
+    }
+
+    fn try_start(snapshotter_socket: &Path) -> Result<Containerd> {
+        let dir = tempfile::Builder::new().prefix("lamina-ctd-").tempdir()?;
+        let d = dir.path();
+        let address = d.join("c.sock");
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = "{d}/debug.sock"
+[proxy_plugins.lamina]
+  type = "snapshot"
+  address = "{snap}"
+"#,
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = address.display(),
+            d = d.display(),
+            snap = snapshotter_socket.display(),
+        );
+        std::fs::write(d.join("config.toml"), config)?;
+        // `lamina-overlayfs` must be on the PATH of whoever mounts a
+        // `fuse3.lamina-overlayfs` spec: containerd's shim and ctr.
+        let bin_dir = crate::bin("lamina-overlayfs").parent().unwrap().to_owned();
+        let path_env = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", &path_env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("containerd.log"))?)
+            .spawn()
+            .context("starting containerd")?;
+        let namespace = format!(
+            "lamina-{}",
+            d.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("lamina-ctd-")
+        );
+        let mut c = Containerd {
+            child,
+            dir,
+            address,
+            namespace,
+            path_env,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if c.ctr(&["version"]).is_ok_and(|o| o.status.success()) {
+                return Ok(c);
+            }
+            if let Ok(Some(status)) = c.child.try_wait() {
+                bail!("containerd exited with {status}: {}", c.log());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// containerd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Runs `ctr --address SOCK ARGS...`.
+    pub fn ctr(&self, args: &[&str]) -> Result<Output> {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.address)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args)
+            .env("PATH", &self.path_env)
+            .stdin(Stdio::null())
+            .output()
+            .context("running ctr")
+    }
+
+    /// Runs ctr and returns its stdout, failing with its stderr.
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr(args)?;
+        ensure!(
+            out.status.success(),
+            "ctr {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The marker file of the second layer of [`build_runnable_image`].
+pub const LAYER2_FILE: &str = "etc/lamina-layer2";
+/// Its content.
+pub const LAYER2_CONTENT: &str = "second layer\n";
+
+/// Builds `oci:LAYOUT:TAG`, two layers, runnable by runc: layer 1 has the
+/// host's `dash` as `/bin/sh`, `cat` and `ls` with their shared libraries;
+/// layer 2 adds [`LAYER2_FILE`] and deletes `/bin/ls` (a whiteout).
+pub fn build_runnable_image(layout: &Path, tag: &str) -> Result<()> {
+    use crate::registry::run;
+    if !layout.join("index.json").exists() {
+        run(Command::new("umoci").args(["init", "--layout"]).arg(layout))?;
+    }
+    let image = format!("{}:{tag}", layout.display());
+    run(Command::new("umoci").args(["new", "--image", &image]))?;
+    let bundle = tempfile::Builder::new()
+        .prefix("lamina-bundle-")
+        .tempdir()?;
+    let b = bundle.path().join("b");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&b))?;
+    let rootfs = b.join("rootfs");
+    for (host, dest) in [
+        ("/bin/dash", "bin/sh"),
+        ("/bin/cat", "bin/cat"),
+        ("/bin/ls", "bin/ls"),
+    ] {
+        copy_into(Path::new(host), &rootfs.join(dest))?;
+        let ldd = Command::new("ldd").arg(host).output()?;
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            let lib = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            if let Some(lib) = lib.filter(|l| l.starts_with('/')) {
+                copy_into(Path::new(lib), &rootfs.join(lib.trim_start_matches('/')))?;
+            }
+        }
+    }
+    for dir in ["tmp", "proc", "sys", "dev", "etc", "run"] {
+        std::fs::create_dir_all(rootfs.join(dir))?;
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\n")?;
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&b))?;
+    std::fs::remove_dir_all(&b)?;
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&b))?;
+    std::fs::write(b.join("rootfs").join(LAYER2_FILE), LAYER2_CONTENT)?;
+    std::fs::remove_file(b.join("rootfs/bin/ls"))?;
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&b))?;
+    run(Command::new("umoci").args(["config", "--image", &image, "--config.cmd", "/bin/sh"]))?;
+    Ok(())
+}
+
+fn copy_into(src: &Path, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dest.parent().unwrap())?;
+    std::fs::copy(src, dest).with_context(|| format!("copying {}", src.display()))?;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// One HTTP/1.1 request over a Unix socket: `(status, body)`. The body is
+/// read to the end (`Connection: close`), de-chunked when chunked.
+pub fn http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<(u16, Vec<u8>)> {
+    let raw = http_raw(socket, &{
+        let body = body.unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: lamina\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        if !body.is_empty() {
+            req.extend_from_slice(b"Content-Type: application/json\r\n");
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
+        req
+    })?;
+    parse_response(&raw)
+}
+
+/// Sends raw bytes to a Unix socket and returns everything it answers.
+pub fn http_raw(socket: &Path, request: &[u8]) -> Result<Vec<u8>> {
+    let mut s =
+        UnixStream::connect(socket).with_context(|| format!("connecting {}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    s.write_all(request)?;
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>)> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of HTTP headers in the answer")?;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    let mut body = raw[end + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body)?;
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let nl = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("bad chunk")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..nl])?.trim(), 16)?;
+        data = &data[nl + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// The snapshots gRPC client type.
+pub type SnapshotsClient =
+    containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient<
+        containerd_snapshots::tonic::transport::Channel,
+    >;
+
+/// A gRPC client of the snapshotter socket.
+pub async fn snapshots_client(socket: &Path) -> Result<SnapshotsClient> {
+    let socket = socket.to_owned();
+    let channel = containerd_snapshots::tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            tokio::net::UnixStream::connect(socket.clone())
+        }))
+        .await?;
+    Ok(SnapshotsClient::new(channel))
+}

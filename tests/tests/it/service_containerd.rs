@@ -1,0 +1,197 @@
+//! A real containerd using `lamina serve` as its `lamina` proxy snapshotter:
+//! pull, run, write, commit, restart, image removal and GC — once with
+//! kernel overlay mounts and once with lamina's FUSE mounts.
+
+use lamina_tests::registry::{Auth, Registry};
+use lamina_tests::service::{Containerd, LAYER2_CONTENT, LAYER2_FILE, Serve, build_runnable_image};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn committed_keys(ctd: &Containerd) -> Vec<String> {
+    let out = ctd
+        .ctr_ok(&["snapshots", "--snapshotter", "lamina", "ls"])
+        .unwrap();
+    out.lines()
+        .skip(1)
+        .filter(|l| l.trim_end().ends_with("Committed"))
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect()
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn pull_run_commit_gc(driver: &str) {
+    lamina_tests::require_tools!("umoci", "skopeo", "containerd", "ctr", "runc");
+    let Some(registry) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("lamina-svc-")
+        .tempdir()
+        .unwrap();
+    let layout = tmp.path().join("oci");
+    build_runnable_image(&layout, "v1").unwrap();
+    registry.put_oci(&layout, "v1", "lamina/svc:v1").unwrap();
+    let image = format!("{}/lamina/svc:v1", registry.host);
+
+    let root = tmp.path().join("root");
+    let mut serve = Serve::start(&root, tmp.path(), driver, &[]).unwrap();
+    let Some(ctd) = Containerd::start(&serve.snapshotter_socket) else {
+        return;
+    };
+    let sn = ["--snapshotter", "lamina"];
+
+    // Pull: every layer is unpacked through lamina and ends up as
+    // layers/<chain id>, the chain ids containerd itself computed.
+    ctd.ctr_ok(&[&["images", "pull", "--plain-http"][..], &sn, &[&image]].concat())
+        .unwrap();
+    let chains = committed_keys(&ctd);
+    assert_eq!(
+        chains.len(),
+        2,
+        "two layers, two committed snapshots: {chains:?}"
+    );
+    let mut hexes: Vec<String> = chains
+        .iter()
+        .map(|c| c.trim_start_matches("sha256:").to_owned())
+        .collect();
+    hexes.sort();
+    assert_eq!(dir_names(&root.join("layers")), hexes);
+    assert!(
+        dir_names(&root.join("snapshots")).is_empty(),
+        "no upper left after commit"
+    );
+
+    // Run: the second layer's file is there, the whiteout hides /bin/ls.
+    let out = ctd
+        .ctr_ok(
+            &[
+                &["run", "--rm"][..],
+                &sn,
+                &[
+                    &image,
+                    "t1",
+                    "/bin/sh",
+                    "-c",
+                    &format!("cat /{LAYER2_FILE}; test -e /bin/ls || echo ls-gone"),
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+    assert_eq!(out, format!("{LAYER2_CONTENT}ls-gone\n"));
+
+    // A file written in the container lands in its active snapshot's upper dir.
+    ctd.ctr_ok(
+        &[
+            &["run"][..],
+            &sn,
+            &[
+                &image,
+                "t2",
+                "/bin/sh",
+                "-c",
+                "echo written-in-t2 > /newfile",
+            ],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let uppers: Vec<_> = dir_names(&root.join("snapshots"))
+        .into_iter()
+        .map(|id| root.join("snapshots").join(id).join("fs/newfile"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(uppers.len(), 1, "exactly one upper holds /newfile");
+    assert_eq!(
+        std::fs::read_to_string(&uppers[0]).unwrap(),
+        "written-in-t2\n"
+    );
+
+    // Commit it; the committed snapshot is a parent a new container sees.
+    ctd.ctr_ok(&[&["snapshots"][..], &sn, &["commit", "t2-committed", "t2"]].concat())
+        .unwrap();
+    let err = ctd
+        .ctr(&[&["snapshots"][..], &sn, &["commit", "t2-again", "t2"]].concat())
+        .unwrap();
+    assert!(!err.status.success(), "committing a gone key fails");
+    ctd.ctr_ok(&[&["snapshots"][..], &sn, &["prepare", "t3", "t2-committed"]].concat())
+        .unwrap();
+    let mounts = ctd
+        .ctr_ok(&[&["snapshots"][..], &sn, &["mounts", "/tmp/unused", "t3"]].concat())
+        .unwrap();
+    assert!(
+        mounts.contains("lowerdir="),
+        "t3 sits on top of the committed layers: {mounts}"
+    );
+    let mount_type = if driver == "fuse" {
+        "-t fuse3.lamina-overlayfs"
+    } else {
+        "-t overlay"
+    };
+    assert!(mounts.contains(mount_type), "{driver} driver: {mounts}");
+    assert!(
+        mounts.contains(&hexes[0]) && mounts.contains(&hexes[1]),
+        "{mounts}"
+    );
+
+    // Restarting lamina keeps every snapshot and its contents.
+    serve.restart().unwrap();
+    let usage = ctd
+        .ctr_ok(&[&["snapshots"][..], &sn, &["usage", "t2-committed"]].concat())
+        .unwrap();
+    assert!(usage.contains("t2-committed"), "{usage}");
+    let out = ctd
+        .ctr_ok(
+            &[
+                &["run", "--rm"][..],
+                &sn,
+                &[&image, "t4", "/bin/cat", &format!("/{LAYER2_FILE}")],
+            ]
+            .concat(),
+        )
+        .unwrap();
+    assert_eq!(out, LAYER2_CONTENT);
+
+    // Remove everything containerd holds; its GC makes lamina delete the dirs.
+    ctd.ctr_ok(&[&["snapshots"][..], &sn, &["rm", "t3"]].concat())
+        .unwrap();
+    ctd.ctr_ok(&[&["snapshots"][..], &sn, &["rm", "t2-committed"]].concat())
+        .unwrap();
+    ctd.ctr_ok(&["containers", "rm", "t2"]).unwrap();
+    ctd.ctr_ok(&["images", "rm", &image]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let layers = dir_names(&root.join("layers"));
+        let snaps = dir_names(&root.join("snapshots"));
+        if layers.is_empty() && snaps.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GC left layers {layers:?} snapshots {snaps:?}\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(serve.alive(), "lamina serve survived: {}", serve.log());
+}
+
+#[test]
+fn containerd_with_kernel_overlay_mounts() {
+    pull_run_commit_gc("kernel");
+}
+
+#[test]
+fn containerd_with_fuse_mounts() {
+    pull_run_commit_gc("fuse");
+}

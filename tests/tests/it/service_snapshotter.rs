@@ -1,0 +1,394 @@
+//! containerd's snapshots gRPC API spoken directly to `lamina serve`: the
+//! semantics containerd relies on (error codes, kinds, parents, labels,
+//! mounts), the remote-snapshotter fast path, and bad input.
+
+use containerd_snapshots::api::snapshots::v1 as api;
+use containerd_snapshots::tonic::Code;
+use lamina_tests::service::{Serve, snapshots_client};
+use std::collections::HashMap;
+
+const CHAIN: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+fn prepare(key: &str, parent: &str, labels: &[(&str, &str)]) -> api::PrepareSnapshotRequest {
+    api::PrepareSnapshotRequest {
+        snapshotter: "lamina".into(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn commit(name: &str, key: &str) -> api::CommitSnapshotRequest {
+    api::CommitSnapshotRequest {
+        snapshotter: "lamina".into(),
+        name: name.into(),
+        key: key.into(),
+        labels: HashMap::new(),
+    }
+}
+
+fn key(k: &str) -> api::StatSnapshotRequest {
+    api::StatSnapshotRequest {
+        snapshotter: "lamina".into(),
+        key: k.into(),
+    }
+}
+
+fn remove(k: &str) -> api::RemoveSnapshotRequest {
+    api::RemoveSnapshotRequest {
+        snapshotter: "lamina".into(),
+        key: k.into(),
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, containerd_snapshots::tonic::Status>) -> Code {
+    r.unwrap_err().code()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn grpc_semantics_and_error_codes() {
+    let tmp = tempfile::Builder::new()
+        .prefix("lamina-svc-grpc-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path().join("root");
+    let mut serve = Serve::start(&root, tmp.path(), "kernel", &[]).unwrap();
+    rt().block_on(async {
+        let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
+
+        // Active snapshot without parent: a writable bind of its upper.
+        let m = c
+            .prepare(prepare("a", "", &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].r#type, "bind");
+        assert!(m[0].options.contains(&"rw".to_string()));
+        std::fs::write(Path::new(&m[0].source).join("file-a"), "a").unwrap();
+
+        assert_eq!(
+            code(c.prepare(prepare("a", "", &[])).await),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            code(c.prepare(prepare("b", "missing", &[])).await),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(c.prepare(prepare("b", "a", &[])).await),
+            Code::InvalidArgument,
+            "parent not committed"
+        );
+        assert_eq!(
+            code(c.prepare(prepare("", "", &[])).await),
+            Code::InvalidArgument
+        );
+        assert_eq!(code(c.stat(key("nope")).await), Code::NotFound);
+        assert_eq!(code(c.remove(remove("nope")).await), Code::NotFound);
+        assert_eq!(code(c.commit(commit("x", "nope")).await), Code::NotFound);
+
+        c.commit(commit("base", "a")).await.unwrap();
+        assert_eq!(
+            code(c.stat(key("a")).await),
+            Code::NotFound,
+            "the active key is gone after commit"
+        );
+        let info = c
+            .stat(key("base"))
+            .await
+            .unwrap()
+            .into_inner()
+            .info
+            .unwrap();
+        assert_eq!(info.kind, 3, "committed");
+        assert_eq!(
+            code(c.commit(commit("base2", "base")).await),
+            Code::FailedPrecondition,
+            "double commit"
+        );
+
+        // Child over the committed parent: an overlay whose lower is the parent.
+        let m = c
+            .prepare(prepare("child", "base", &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        assert_eq!(m[0].r#type, "overlay");
+        let lower = m[0]
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("lowerdir="))
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            std::fs::read_to_string(Path::new(&lower).join("file-a")).unwrap(),
+            "a"
+        );
+        assert_eq!(
+            code(c.prepare(prepare("child", "base", &[])).await),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            code(c.remove(remove("base")).await),
+            Code::FailedPrecondition,
+            "has a child"
+        );
+
+        // Views: read-only, not committable.
+        let v = c
+            .view(api::ViewSnapshotRequest {
+                snapshotter: "lamina".into(),
+                key: "view".into(),
+                parent: "base".into(),
+                labels: HashMap::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        assert!(v[0].options.contains(&"ro".to_string()), "{v:?}");
+        assert_eq!(
+            code(c.commit(commit("v2", "view")).await),
+            Code::FailedPrecondition
+        );
+
+        // Labels: update one, then replace all.
+        let upd = |labels: &[(&str, &str)], paths: &[&str]| api::UpdateSnapshotRequest {
+            snapshotter: "lamina".into(),
+            info: Some(api::Info {
+                name: "base".into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types_mask(paths)),
+        };
+        let i = c
+            .update(upd(&[("one", "1")], &["labels.one"]))
+            .await
+            .unwrap()
+            .into_inner()
+            .info
+            .unwrap();
+        assert_eq!(i.labels.get("one").map(String::as_str), Some("1"));
+        let i = c
+            .update(upd(&[("two", "2")], &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .info
+            .unwrap();
+        assert_eq!(
+            i.labels.len(),
+            1,
+            "no mask replaces all labels: {:?}",
+            i.labels
+        );
+        assert_eq!(
+            code(c.update(upd(&[], &["kind"])).await),
+            Code::InvalidArgument,
+            "kind is immutable"
+        );
+
+        // List with containerd's filter syntax; usage counts the upper.
+        let listed = list(&mut c, vec!["kind==committed".into()]).await;
+        assert_eq!(listed, vec!["base".to_string()]);
+        assert_eq!(list(&mut c, vec![]).await.len(), 3);
+        let u = c
+            .usage(api::UsageRequest {
+                snapshotter: "lamina".into(),
+                key: "base".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(u.inodes >= 1 && u.size > 0, "{u:?}");
+
+        // Nothing changed by the failed calls; removal in order works.
+        c.remove(remove("view")).await.unwrap();
+        c.remove(remove("child")).await.unwrap();
+        c.remove(remove("base")).await.unwrap();
+        assert!(list(&mut c, vec![]).await.is_empty());
+    });
+    assert!(serve.alive(), "{}", serve.log());
+}
+
+fn prost_types_mask(paths: &[&str]) -> prost_types::FieldMask {
+    prost_types::FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+async fn list(c: &mut lamina_tests::service::SnapshotsClient, filters: Vec<String>) -> Vec<String> {
+    let mut stream = c
+        .list(api::ListSnapshotsRequest {
+            snapshotter: "lamina".into(),
+            filters,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut names = vec![];
+    while let Some(resp) = stream.message().await.unwrap() {
+        names.extend(resp.info.into_iter().map(|i| i.name));
+    }
+    names.sort();
+    names
+}
+
+use std::path::Path;
+
+#[test]
+fn extraction_commits_become_layer_dirs_and_the_fast_path_reuses_them() {
+    let tmp = tempfile::Builder::new()
+        .prefix("lamina-svc-fast-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path().join("root");
+    let mut serve = Serve::start(&root, tmp.path(), "fuse", &[]).unwrap();
+    rt().block_on(async {
+        let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
+        let target = [("containerd.io/snapshot.ref", CHAIN)];
+        // containerd's unpacker: prepare with the target label, apply, commit
+        // under the chain id. The upper becomes layers/<chain>.
+        let m = c
+            .prepare(prepare("ns1/1/extract-1", "", &target))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        std::fs::write(Path::new(&m[0].source).join("layer-file"), "x").unwrap();
+        c.commit(commit(&format!("ns1/2/{CHAIN}"), "ns1/1/extract-1"))
+            .await
+            .unwrap();
+        let layer = root
+            .join("layers")
+            .join(CHAIN.trim_start_matches("sha256:"));
+        assert_eq!(
+            std::fs::read_to_string(layer.join("layer-file")).unwrap(),
+            "x"
+        );
+
+        // A second extraction of the same chain (another namespace): answered
+        // AlreadyExists, and a committed snapshot with the target label exists
+        // for containerd to find — no second unpack.
+        let err = c
+            .prepare(prepare("ns2/1/extract-2", "", &target))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists);
+        let found = list(
+            &mut c,
+            vec![format!(
+                r#"labels."containerd.io/snapshot.ref"=={CHAIN},parent=="""#
+            )],
+        )
+        .await;
+        assert!(found.contains(&"ns2/1/extract-2".to_string()), "{found:?}");
+
+        // Its mounts (through a view) are the shared layer dir.
+        let v = c
+            .view(api::ViewSnapshotRequest {
+                snapshotter: "lamina".into(),
+                key: "ns2/v".into(),
+                parent: "ns2/1/extract-2".into(),
+                labels: HashMap::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        assert_eq!(Path::new(&v[0].source), layer);
+
+        // The layer dir lives until its last snapshot goes.
+        c.remove(remove("ns2/v")).await.unwrap();
+        c.remove(remove(&format!("ns1/2/{CHAIN}"))).await.unwrap();
+        assert!(layer.exists());
+        c.remove(remove("ns2/1/extract-2")).await.unwrap();
+        assert!(!layer.exists());
+    });
+    assert!(serve.alive(), "{}", serve.log());
+}
+
+#[test]
+fn snapshots_survive_a_restart_and_garbage_bytes_do_not_kill_the_daemon() {
+    let tmp = tempfile::Builder::new()
+        .prefix("lamina-svc-restart-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path().join("root");
+    let mut serve = Serve::start(&root, tmp.path(), "kernel", &[]).unwrap();
+    rt().block_on(async {
+        let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
+        let m = c
+            .prepare(prepare("keep", "", &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        std::fs::write(Path::new(&m[0].source).join("f"), "kept").unwrap();
+        c.commit(commit("kept", "keep")).await.unwrap();
+        c.prepare(prepare("active", "kept", &[("a", "b")]))
+            .await
+            .unwrap();
+    });
+    // Not gRPC at all, then a valid HTTP/2 preface followed by junk.
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\xff\xff\xff\xff",
+    ] {
+        let _ = lamina_tests::service::http_raw(&serve.snapshotter_socket, junk);
+    }
+    assert!(serve.alive(), "{}", serve.log());
+    serve.restart().unwrap();
+    rt().block_on(async {
+        let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
+        assert_eq!(
+            list(&mut c, vec![]).await,
+            vec!["active".to_string(), "kept".to_string()]
+        );
+        let m = c
+            .mounts(api::MountsRequest {
+                snapshotter: "lamina".into(),
+                key: "active".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        let lower = m[0]
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("lowerdir="))
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            std::fs::read_to_string(Path::new(&lower).join("f")).unwrap(),
+            "kept"
+        );
+        let info = c
+            .stat(key("active"))
+            .await
+            .unwrap()
+            .into_inner()
+            .info
+            .unwrap();
+        assert_eq!((info.kind, info.parent.as_str()), (2, "kept"));
+        assert_eq!(info.labels.get("a").map(String::as_str), Some("b"));
+    });
+}
