@@ -1,8 +1,11 @@
 //! Shared fixtures for lamina's integration tests: temporary stores, the
 //! `lamina` binary, a real registry on loopback, peer tools.
 
+pub mod archive;
+pub mod overlay;
 pub mod registry;
 pub mod service;
+pub mod store;
 
 /// Path of a binary built from this workspace (`lamina`, `lamina-overlayfs`).
 ///

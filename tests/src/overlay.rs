@@ -1,0 +1,273 @@
+//! Fixtures for the overlay (FUSE driver) tests: a `lamina-overlayfs` mount
+//! that unmounts on drop, layer dirs with every overlayfs edge case, and the
+//! Debian tree the program tests chroot into. Tree snapshots and the kernel
+//! overlayfs mount come from [`crate::archive`].
+
+use crate::archive::{is_root, run};
+use anyhow::{Context as _, Result, bail};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A `lamina-overlayfs` mount, unmounted on drop.
+pub struct LaminaMount {
+    /// Where it is mounted.
+    pub dir: PathBuf,
+}
+
+impl LaminaMount {
+    /// Mounts `lowers` (top-most first, as in `lowerdir=`) with an optional
+    /// `(upper, work)` at `dir`; returns once the mount is ready.
+    pub fn mount(
+        lowers: &[PathBuf],
+        upper: Option<(&Path, &Path)>,
+        dir: &Path,
+    ) -> Result<LaminaMount> {
+        std::fs::create_dir_all(dir)?;
+        let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+        let mut opts = format!("lowerdir={}", lower.join(":"));
+        if let Some((u, w)) = upper {
+            std::fs::create_dir_all(u)?;
+            std::fs::create_dir_all(w)?;
+            opts.push_str(&format!(
+                ",upperdir={},workdir={}",
+                u.display(),
+                w.display()
+            ));
+        }
+        run(Command::new(crate::bin("lamina-overlayfs"))
+            .arg("-o")
+            .arg(&opts)
+            .arg(dir))?;
+        Ok(LaminaMount {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for LaminaMount {
+    fn drop(&mut self) {
+        if Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Whether FUSE mounts can be made here (root and /dev/fuse).
+pub fn fuse_available() -> bool {
+    is_root() && Path::new("/dev/fuse").exists()
+}
+
+fn write(path: &Path, data: &str) -> Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
+}
+
+fn mknod(path: &Path, kind: rustix::fs::FileType, dev: u64) -> Result<()> {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        kind,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        dev,
+    )
+    .with_context(|| format!("mknod {}", path.display()))
+}
+
+fn whiteout(path: &Path) -> Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .with_context(|| format!("whiteout {}", path.display()))
+}
+
+fn opaque(path: &Path) -> Result<()> {
+    rustix::fs::setxattr(
+        path,
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .with_context(|| format!("opaque xattr on {}", path.display()))
+}
+
+/// Builds three layers under `base` exercising every overlayfs rule;
+/// returns them top-most first (`lowerdir=` order).
+///
+/// Bottom (l3) to top (l1): whiteouts as char 0/0 and as `.wh.` markers,
+/// opaque dirs by xattr and by `.wh..wh..opq`, file→dir, dir→file,
+/// file→symlink, dir→symlink replacements, hardlinks within a layer and a
+/// hardlink pair whose one name is replaced above, xattrs, devices, fifos,
+/// a deep directory merged over all layers, modes and owners.
+///
+/// With `markers`, some whiteouts and one opaque dir use the OCI tar forms
+/// (`.wh.NAME` files, `.wh..wh..opq`), which lamina honours and kernel
+/// overlayfs does not; without, the same tree in overlayfs's native form.
+pub fn edge_layers(base: &Path, markers: bool) -> Result<Vec<PathBuf>> {
+    let (l1, l2, l3) = (base.join("l1"), base.join("l2"), base.join("l3"));
+    for l in [&l1, &l2, &l3] {
+        std::fs::create_dir_all(l)?;
+    }
+    // l3: the base.
+    write(&l3.join("a.txt"), "bottom a\n")?;
+    write(&l3.join("keep.txt"), "kept from the bottom\n")?;
+    write(&l3.join("dir1/x"), "x\n")?;
+    write(&l3.join("dir1/y"), "y\n")?;
+    write(&l3.join("deep/l3only/f"), "l3 deep\n")?;
+    write(&l3.join("deep/shared"), "l3 shared\n")?;
+    write(&l3.join("gone_char"), "whited out by char\n")?;
+    write(&l3.join("gone_marker"), "whited out by marker\n")?;
+    write(&l3.join("opq_x/old1"), "hidden\n")?;
+    write(&l3.join("opq_m/old2"), "hidden\n")?;
+    write(&l3.join("f2d"), "file becomes dir\n")?;
+    write(&l3.join("d2f/child"), "dir becomes file\n")?;
+    write(&l3.join("f2l"), "file becomes symlink\n")?;
+    write(&l3.join("d2l/child"), "dir becomes symlink\n")?;
+    write(&l3.join("hl/one"), "hardlinked\n")?;
+    std::fs::hard_link(l3.join("hl/one"), l3.join("hl/two"))?;
+    write(&l3.join("hl/p1"), "pair\n")?;
+    std::fs::hard_link(l3.join("hl/p1"), l3.join("hl/p2"))?;
+    write(&l3.join("attrs"), "with xattrs\n")?;
+    rustix::fs::setxattr(
+        &l3.join("attrs"),
+        "user.color",
+        b"blue",
+        rustix::fs::XattrFlags::empty(),
+    )?;
+    rustix::fs::setxattr(
+        &l3.join("attrs"),
+        "trusted.secret",
+        b"s3",
+        rustix::fs::XattrFlags::empty(),
+    )?;
+    std::fs::create_dir_all(l3.join("dev"))?;
+    mknod(
+        &l3.join("dev/null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::makedev(1, 3),
+    )?;
+    mknod(
+        &l3.join("dev/loop9"),
+        rustix::fs::FileType::BlockDevice,
+        rustix::fs::makedev(7, 9),
+    )?;
+    mknod(&l3.join("dev/fifo"), rustix::fs::FileType::Fifo, 0)?;
+    symlink("a.txt", l3.join("link_a"))?;
+    write(&l3.join("mv_me/a"), "move me\n")?;
+    write(&l3.join("mv_me/sub/b"), "move me too\n")?;
+    write(&l3.join("modes/suid"), "suid\n")?;
+    std::fs::set_permissions(
+        l3.join("modes/suid"),
+        std::fs::Permissions::from_mode(0o4755),
+    )?;
+    write(&l3.join("modes/owned"), "owned\n")?;
+    std::os::unix::fs::lchown(l3.join("modes/owned"), Some(1234), Some(5678))?;
+    std::fs::create_dir_all(l3.join("modes/sticky"))?;
+    std::fs::set_permissions(
+        l3.join("modes/sticky"),
+        std::fs::Permissions::from_mode(0o1777),
+    )?;
+
+    // l2: the middle.
+    whiteout(&l2.join("gone_char"))?;
+    if markers {
+        write(&l2.join(".wh.gone_marker"), "")?;
+    } else {
+        whiteout(&l2.join("gone_marker"))?;
+    }
+    std::fs::create_dir_all(l2.join("opq_x"))?;
+    opaque(&l2.join("opq_x"))?;
+    write(&l2.join("opq_x/new1"), "l2 new\n")?;
+    std::fs::create_dir_all(l2.join("opq_m"))?;
+    if markers {
+        write(&l2.join("opq_m/.wh..wh..opq"), "")?;
+    } else {
+        opaque(&l2.join("opq_m"))?;
+    }
+    write(&l2.join("opq_m/new2"), "l2 new\n")?;
+    write(&l2.join("f2d/inside"), "now a dir\n")?;
+    write(&l2.join("d2f"), "now a file\n")?;
+    symlink("a.txt", l2.join("f2l"))?;
+    symlink("dir1", l2.join("d2l"))?;
+    write(&l2.join("dir1/z"), "z from l2\n")?;
+    whiteout(&l2.join("dir1/y"))?;
+    write(&l2.join("deep/l2only/f"), "l2 deep\n")?;
+    write(&l2.join("deep/shared"), "l2 shared\n")?;
+    write(&l2.join("hl/p2"), "p2 replaced above\n")?;
+
+    // l1: the top.
+    write(&l1.join("a.txt"), "top a\n")?;
+    write(&l1.join("deep/l1only/f"), "l1 deep\n")?;
+    whiteout(&l1.join("deep/l3only"))?;
+    if markers {
+        write(&l1.join("dir1/.wh.x"), "")?;
+    } else {
+        whiteout(&l1.join("dir1/x"))?;
+    }
+    write(&l1.join("gone_char"), "back again\n")?;
+    Ok(vec![l1, l2, l3])
+}
+
+/// A Debian minbase tree (bookworm), built once with debootstrap and cached
+/// in /var/tmp/lamina-test-debian. `None` (after saying why) when it cannot be built.
+pub fn debian_tree() -> Option<PathBuf> {
+    let dir = PathBuf::from("/var/tmp/lamina-test-debian");
+    if dir.join("usr/bin/dpkg").exists() {
+        return Some(dir);
+    }
+    if !crate::archive::have("debootstrap") {
+        eprintln!("SKIP: debootstrap is not installed (scripts/test.sh installs it)");
+        return None;
+    }
+    let tmp = PathBuf::from(format!(
+        "/var/tmp/lamina-test-debian.tmp-{}",
+        std::process::id()
+    ));
+    let status = Command::new("debootstrap")
+        .args(["--variant=minbase", "--include=python3-minimal", "bookworm"])
+        .arg(&tmp)
+        .arg("http://deb.debian.org/debian")
+        .stdout(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() && std::fs::rename(&tmp, &dir).is_ok() => Some(dir),
+        other => {
+            eprintln!(
+                "SKIP: debootstrap of a Debian tree failed ({other:?}); is the mirror reachable?"
+            );
+            let _ = std::fs::remove_dir_all(&tmp);
+            dir.join("usr/bin/dpkg").exists().then_some(dir)
+        }
+    }
+}
+
+/// Runs `sh -c SCRIPT` in `dir`; fails with its output unless it succeeds.
+pub fn sh(dir: &Path, script: &str) -> Result<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "sh -c {script:?} in {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,260 @@
+//! lamina's FUSE overlay against kernel overlayfs over the same layer dirs:
+//! the merged views must match before and after the same sequence of
+//! writes, renames and deletes, and the upper dir lamina writes must mean the
+//! same as the kernel's when mounted again (by the kernel and by lamina).
+
+use anyhow::{Context as _, Result, ensure};
+use lamina_tests::archive::{
+    OverlayMount, Tree, assert_same_tree, kernel_overlay_available, snapshot,
+};
+use lamina_tests::overlay::{LaminaMount, edge_layers, fuse_available};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+fn no_times(mut t: Tree) -> Tree {
+    for n in t.nodes.values_mut() {
+        n.mtime = None;
+    }
+    t
+}
+
+type Op = (&'static str, fn(&Path, bool) -> std::io::Result<()>);
+
+/// Renames a directory; on kernel overlayfs without redirect_dir a lower dir
+/// gives EXDEV and is moved as `mv` does it (copy, then delete).
+fn rename_dir(root: &Path, from: &str, to: &str, kernel: bool) -> std::io::Result<()> {
+    match std::fs::rename(root.join(from), root.join(to)) {
+        Err(e) if kernel && e.raw_os_error() == Some(libc::EXDEV) => {
+            let ok = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("cp -a {from} {to} && rm -rf {from}"))
+                .current_dir(root)
+                .status()?
+                .success();
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("cp/rm emulation failed"))
+            }
+        }
+        r => r,
+    }
+}
+
+fn ops() -> Vec<Op> {
+    vec![
+        ("append to a lower file", |r, _| {
+            OpenOptions::new()
+                .append(true)
+                .open(r.join("a.txt"))?
+                .write_all(b"more\n")
+        }),
+        ("truncate a lower file", |r, _| {
+            OpenOptions::new()
+                .write(true)
+                .open(r.join("keep.txt"))?
+                .set_len(5)
+        }),
+        ("chmod a lower suid file", |r, _| {
+            std::fs::set_permissions(r.join("modes/suid"), std::fs::Permissions::from_mode(0o750))
+        }),
+        ("chown a lower file", |r, _| {
+            std::os::unix::fs::lchown(r.join("modes/owned"), Some(42), Some(43))
+        }),
+        ("set an xattr", |r, _| {
+            rustix::fs::setxattr(
+                &r.join("attrs"),
+                "user.color",
+                b"red",
+                rustix::fs::XattrFlags::empty(),
+            )?;
+            Ok(rustix::fs::removexattr(&r.join("attrs"), "trusted.secret")?)
+        }),
+        ("unlink a lower file", |r, _| {
+            std::fs::remove_file(r.join("dir1/z"))
+        }),
+        ("remove a lower opaque dir", |r, _| {
+            std::fs::remove_dir_all(r.join("opq_x"))
+        }),
+        ("mkdir where a dir was removed", |r, _| {
+            std::fs::create_dir(r.join("opq_x"))?;
+            std::fs::write(r.join("opq_x/fresh"), "fresh\n")
+        }),
+        ("create over a whiteout", |r, _| {
+            std::fs::write(r.join("gone_marker"), "reborn\n")
+        }),
+        ("rename a lower file across dirs", |r, _| {
+            std::fs::rename(r.join("a.txt"), r.join("dir1/a_moved"))
+        }),
+        ("rename a file over a lower symlink", |r, _| {
+            std::fs::rename(r.join("keep.txt"), r.join("f2l"))
+        }),
+        ("hardlink a lower file", |r, _| {
+            std::fs::hard_link(r.join("attrs"), r.join("new_link"))
+        }),
+        ("symlink", |r, _| symlink("dir1", r.join("new_sym"))),
+        ("mkfifo", |r, _| {
+            Ok(rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &r.join("newfifo"),
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o640),
+                0,
+            )?)
+        }),
+        ("rename a lower dir tree", |r, k| {
+            rename_dir(r, "mv_me", "moved_dir", k)
+        }),
+        ("rmdir a merged subdir", |r, _| {
+            std::fs::remove_file(r.join("deep/l2only/f"))?;
+            std::fs::remove_dir(r.join("deep/l2only"))
+        }),
+        ("write into a deep merged dir", |r, _| {
+            std::fs::write(r.join("deep/l1only/f"), "rewritten\n")
+        }),
+        ("rename a file over a dir (EISDIR)", |r, _| {
+            std::fs::rename(r.join("d2f"), r.join("f2d"))
+        }),
+        ("rmdir a non-empty merged dir (ENOTEMPTY)", |r, _| {
+            std::fs::remove_dir(r.join("dir1"))
+        }),
+        ("unlink a lower symlink", |r, _| {
+            std::fs::remove_file(r.join("link_a"))
+        }),
+        ("create a new tree", |r, _| {
+            std::fs::create_dir_all(r.join("newdir/sub"))?;
+            std::fs::write(r.join("newdir/sub/file"), "new\n")
+        }),
+        ("rename an upper-only dir", |r, _| {
+            std::fs::rename(r.join("newdir"), r.join("newdir2"))
+        }),
+        ("move a lower dir into an opaque dir", |r, k| {
+            rename_dir(r, "f2d", "opq_m/f2d_moved", k)
+        }),
+        ("replace a lower hardlink name", |r, _| {
+            std::fs::write(r.join("hl/p1"), "rewritten pair\n")
+        }),
+        ("open O_TRUNC a lower file", |r, _| {
+            std::fs::write(r.join("deep/shared"), "")
+        }),
+    ]
+}
+
+#[test]
+fn merged_view_and_upper_match_kernel_overlayfs() -> Result<()> {
+    if !fuse_available() || !kernel_overlay_available() {
+        eprintln!("SKIP overlay_compare: needs root, /dev/fuse and kernel overlayfs");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let base = tmp.path();
+    let layers = edge_layers(&base.join("layers"), false)?;
+    let bottom_first: Vec<PathBuf> = layers.iter().rev().cloned().collect();
+    for d in ["ku", "kw", "fu", "fw"] {
+        std::fs::create_dir_all(base.join(d))?;
+    }
+    let (kmnt, fmnt) = (base.join("k"), base.join("f"));
+    {
+        let k = OverlayMount::mount(
+            &bottom_first,
+            Some((&base.join("ku"), &base.join("kw"))),
+            &kmnt,
+        )?;
+        let f = LaminaMount::mount(&layers, Some((&base.join("fu"), &base.join("fw"))), &fmnt)?;
+        let kt = snapshot(&k.dir)?;
+        ensure!(
+            kt.nodes.contains_key("opq_x/new1") && !kt.nodes.contains_key("opq_x/old1"),
+            "fixture sanity"
+        );
+        assert_same_tree(
+            &kt,
+            &snapshot(&f.dir)?,
+            "merged view before writes (kernel vs lamina)",
+        )?;
+
+        let mut results = Vec::new();
+        for (name, op) in ops() {
+            let kr = op(&k.dir, true).map_err(|e| e.raw_os_error());
+            let fr = op(&f.dir, false).map_err(|e| e.raw_os_error());
+            results.push(format!("{name}: kernel {kr:?} lamina {fr:?}"));
+            ensure!(
+                kr == fr,
+                "operation {name:?} differs: kernel {kr:?}, lamina {fr:?}"
+            );
+        }
+        eprintln!("{}", results.join("\n"));
+        assert_same_tree(
+            &no_times(snapshot(&k.dir)?),
+            &no_times(snapshot(&f.dir)?),
+            "merged view after the same writes (kernel vs lamina)",
+        )?;
+    }
+    // The upper dirs, read back as the top layer of a read-only kernel mount,
+    // and lamina's upper remounted by lamina, all show the same tree.
+    let with = |upper: &str| -> Vec<PathBuf> {
+        let mut v = bottom_first.clone();
+        v.push(base.join(upper));
+        v
+    };
+    let kview = no_times(snapshot(
+        &OverlayMount::mount(&with("ku"), None, &base.join("k2"))?.dir,
+    )?);
+    let fview = no_times(snapshot(
+        &OverlayMount::mount(&with("fu"), None, &base.join("f2"))?.dir,
+    )?);
+    assert_same_tree(
+        &kview,
+        &fview,
+        "kernel view of kernel upper vs kernel view of lamina upper",
+    )?;
+    let again = LaminaMount::mount(
+        &layers,
+        Some((&base.join("fu"), &base.join("fw"))),
+        &base.join("f3"),
+    )
+    .context("remounting lamina over its upper")?;
+    assert_same_tree(
+        &kview,
+        &no_times(snapshot(&again.dir)?),
+        "lamina remounted over its upper",
+    )?;
+    Ok(())
+}
+
+#[test]
+fn read_only_mount_refuses_writes() -> Result<()> {
+    if !fuse_available() {
+        eprintln!("SKIP overlay_compare: needs root and /dev/fuse");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let layers = edge_layers(&tmp.path().join("layers"), true)?;
+    let m = LaminaMount::mount(&layers, None, &tmp.path().join("m"))?;
+    assert_eq!(std::fs::read_to_string(m.dir.join("a.txt"))?, "top a\n");
+    let err = std::fs::write(m.dir.join("new"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    let err = std::fs::remove_file(m.dir.join("a.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    Ok(())
+}
+
+#[test]
+fn oci_whiteout_markers_mean_what_native_whiteouts_mean() -> Result<()> {
+    if !fuse_available() || !kernel_overlay_available() {
+        eprintln!("SKIP overlay_compare: needs root, /dev/fuse and kernel overlayfs");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let native = edge_layers(&tmp.path().join("native"), false)?;
+    let markers = edge_layers(&tmp.path().join("markers"), true)?;
+    let bottom_first: Vec<PathBuf> = native.iter().rev().cloned().collect();
+    let k = OverlayMount::mount(&bottom_first, None, &tmp.path().join("k"))?;
+    let f = LaminaMount::mount(&markers, None, &tmp.path().join("f"))?;
+    assert_same_tree(
+        &no_times(snapshot(&k.dir)?),
+        &no_times(snapshot(&f.dir)?),
+        "kernel over native layers vs lamina over marker layers",
+    )
+}
