@@ -1,0 +1,93 @@
+#!/bin/bash
+# Layer unpack speed: lamina vs `pigz -dc | tar -x` vs `umoci unpack`, on one
+# realistic gzip layer (default: a few /usr trees of this machine, several
+# hundred MB uncompressed; LAYER_SRC overrides, relative to /).
+# Prints seconds (best of RUNS, warm page cache) and ratios to pigz|tar.
+# Every run writes to a freshly made file system (FS=ext4 on a loop device, the
+# default, or FS=tmpfs): on a reused ext4 without journal, inodes freed in the
+# last minutes make inode allocation quadratic, which would punish whichever
+# tool runs after a deletion.
+# Needs root (owners, devices), pigz, umoci; builds lamina in release mode.
+#   WORK=/tmp/lamina-unpack-bench RUNS=3 bench/unpack-bench.sh
+set -eu
+cd "$(dirname "$0")/.."
+W=${WORK:-/tmp/lamina-unpack-bench}
+RUNS=${RUNS:-3}
+LAYER_SRC=${LAYER_SRC:-"usr/bin usr/include usr/lib/python3.11 usr/share/perl"}
+mkdir -p "$W"
+
+cargo build --release -q -p lamina -p lamina-store --example unpack_layer
+LAMINA=$PWD/target/release/lamina
+UNPACK=$PWD/target/release/examples/unpack_layer
+
+if [ ! -f "$W/layer.tar.gz" ]; then
+  echo "building $W/layer.tar.gz from /{${LAYER_SRC// /,}}" >&2
+  # shellcheck disable=SC2086
+  tar -C / --numeric-owner --xattrs -cf "$W/layer.tar" $LAYER_SRC 2>/dev/null || true
+  pigz -c "$W/layer.tar" > "$W/layer.tar.gz"
+fi
+if [ ! -f "$W/oci/index.json" ]; then
+  rm -rf "$W/oci"
+  umoci init --layout "$W/oci" && umoci new --image "$W/oci:bench"
+  umoci raw add-layer --image "$W/oci:bench" "$W/layer.tar"
+fi
+echo "layer: $(du -h "$W/layer.tar.gz" | cut -f1) gzip, $(du -h "$W/layer.tar" | cut -f1) tar," \
+  "$(tar -tf "$W/layer.tar" | wc -l) entries"
+
+FS=${FS:-ext4}
+MNT=$W/mnt
+mkdir -p "$MNT"
+fresh_fs() {
+  if [ "$FS" = tmpfs ]; then
+    mount -t tmpfs -o size=8g tmpfs "$MNT"
+  else
+    rm -f "$W/fs.img" && truncate -s 8G "$W/fs.img"
+    mkfs.ext4 -q -F "$W/fs.img" && mount -o loop "$W/fs.img" "$MNT"
+  fi
+}
+drop_fs() { umount "$MNT"; rm -f "$W/fs.img"; }
+trap 'umount "$MNT" 2>/dev/null || true' EXIT
+
+# best_of COMMAND...: runs COMMAND RUNS times, each on a fresh file system
+# mounted at $MNT, prints the best wall time (mkfs and sync are not timed).
+best_of() {
+  local best=""
+  for _ in $(seq "$RUNS"); do
+    fresh_fs; sync
+    local t0 t1 t
+    t0=$(date +%s.%N)
+    "$@" >/dev/null
+    t1=$(date +%s.%N)
+    drop_fs
+    t=$(echo "$t1 - $t0" | bc)
+    if [ -z "$best" ] || [ "$(echo "$t < $best" | bc)" = 1 ]; then best=$t; fi
+  done
+  echo "$best"
+}
+
+tar_x() { mkdir -p "$MNT/out" && pigz -dc "$W/layer.tar.gz" | tar -x --numeric-owner --xattrs --xattrs-include='*' -C "$MNT/out"; }
+umoci_x() { umoci unpack --image "$W/oci:bench" "$MNT/out"; }
+lamina_lib() { mkdir -p "$MNT/out" && "$UNPACK" "$W/layer.tar.gz" "$MNT/out"; }
+lamina_import() { "$LAMINA" --root "$MNT/root" import "$W/layer.tar.gz" bench:latest; }
+
+t_tar=$(best_of tar_x)
+t_umoci=$(best_of umoci_x)
+t_lib=$(best_of lamina_lib)
+if "$LAMINA" --root "$W/probe" import "$W/layer.tar.gz" probe:latest >/dev/null 2>&1; then
+  t_import=$(best_of lamina_import)
+else
+  t_import=""
+fi
+rm -rf "$W/probe"
+
+ratio() { echo "scale=2; $1 / $t_tar" | bc; }
+printf '%-34s %8s %8s\n' "unpack of one gzip layer" seconds "x tar"
+printf '%-34s %8.2f %8s\n' "pigz -dc | tar -x" "$t_tar" 1.00
+printf '%-34s %8.2f %8s\n' "umoci unpack" "$t_umoci" "$(ratio "$t_umoci")"
+printf '%-34s %8.2f %8s\n' "lamina unpack (library)" "$t_lib" "$(ratio "$t_lib")"
+if [ -n "$t_import" ]; then
+  printf '%-34s %8.2f %8s\n' "lamina import (blob + unpack + db)" "$t_import" "$(ratio "$t_import")"
+else
+  echo "lamina import: not available in this build"
+fi
+echo "targets: lamina <= 1.30 x tar, lamina < umoci"
