@@ -25,6 +25,7 @@
 //!
 //! See `docs/architecture.md` for the overview.
 
+pub mod archive;
 pub mod containers;
 pub mod content;
 mod db;

@@ -6,11 +6,14 @@
 //! dir carries `trusted.overlay.opaque=y` (or a `.wh..wh..opq` marker file).
 //! Tars are written by [`tar::TarWriter`] only, so output is deterministic.
 
+pub mod commit;
 pub mod diff;
 pub mod export;
 pub mod fsentry;
 pub mod hash;
 pub mod layer_writer;
+pub mod load;
+pub mod save;
 pub mod tar;
 
 pub use layer_writer::{Compression, LayerDigests, LayerOptions, write_layer};

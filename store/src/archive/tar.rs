@@ -241,6 +241,25 @@ impl<W: Write> TarWriter<W> {
         self.finish_if_done()
     }
 
+    /// Copies exactly `len` data bytes of the current entry from `reader`
+    /// (file-to-file copies use `copy_file_range` when `W` is a `File`).
+    pub fn copy_data<R: io::Read>(&mut self, reader: R, len: u64) -> io::Result<()> {
+        if len > self.owed {
+            return Err(io::Error::other(
+                "more tar entry data than its header announced",
+            ));
+        }
+        let n = io::copy(&mut reader.take(len), &mut self.out)?;
+        if n != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("expected {len} bytes, got {n}"),
+            ));
+        }
+        self.owed -= len;
+        self.finish_if_done()
+    }
+
     /// Bytes the current entry still expects.
     pub fn owed(&self) -> u64 {
         self.owed

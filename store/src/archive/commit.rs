@@ -1,0 +1,159 @@
+//! `lamina commit`: a container's upper dir -> a new image on top of its image.
+//!
+//! The layer is written by [`super::layer_writer`] straight into a content
+//! ingest (compressed and hashed in one pass, reading only the upper dir),
+//! then the new config (diff id appended, a history entry), a new OCI
+//! manifest, and the name. The new layer is also unpacked into a layer dir
+//! (from the blob, by the store's unpacker) so that the result can be mounted,
+//! used for containers and committed again, like any pulled image.
+
+use super::layer_writer::{Compression, LayerDigests, LayerOptions, write_layer};
+use crate::images::{MAX_METADATA_BLOB, media_types};
+use crate::{Digest, Error, ImageRecord, Result, Store};
+use serde_json::{Value, json};
+
+/// Options of [`commit`].
+#[derive(Debug, Clone, Default)]
+pub struct CommitOptions {
+    /// History comment (`-m`).
+    pub message: Option<String>,
+    /// Author (`--author`), also the config's `author`.
+    pub author: Option<String>,
+    /// Layer compression.
+    pub compression: Compression,
+    /// Write files with holes as sparse entries.
+    pub sparse: bool,
+}
+
+/// What [`commit`] made.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The new image.
+    pub image: ImageRecord,
+    /// The new layer's digests.
+    pub layer: LayerDigests,
+}
+
+/// The OCI equivalent of a docker layer media type (manifests we write are OCI).
+fn oci_layer_type(mt: &str) -> String {
+    match mt {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => media_types::OCI_LAYER_GZIP.into(),
+        "application/vnd.docker.image.rootfs.diff.tar" => media_types::OCI_LAYER_TAR.into(),
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip".into()
+        }
+        other => other.into(),
+    }
+}
+
+/// Commits the container `container` as a new image named `name` (or unnamed).
+pub fn commit(
+    store: &Store,
+    container: &str,
+    name: Option<&str>,
+    opts: &CommitOptions,
+) -> Result<Committed> {
+    let c = store.container(container)?;
+    let base = store.container_image(&c)?;
+    let _lease = store.lease()?;
+    let upper = c.upper_dir();
+    let key = format!("commit-{}-{}", c.id, now_nanos());
+    let mut ingest = store.content().ingest(&key, None)?;
+    let lopts = LayerOptions {
+        compression: opts.compression,
+        sparse: opts.sparse,
+    };
+    let layer = match write_layer(&upper, &mut ingest, &lopts) {
+        Ok((d, _)) => d,
+        Err(e) => {
+            let _ = ingest.abort();
+            return Err(e);
+        }
+    };
+    let blob = ingest.commit()?;
+    if blob.as_str() != layer.digest {
+        return Err(Error::Archive {
+            path: upper.clone(),
+            reason: format!(
+                "the stored layer hashes to {blob}, the writer saw {}",
+                layer.digest
+            ),
+        });
+    }
+    let diff_id = Digest::parse(&layer.diff_id)?;
+
+    // Config: keep every field of the base, append the diff id and a history entry.
+    let cfg_bytes = store
+        .content()
+        .read_limited(&base.config_digest, MAX_METADATA_BLOB)?;
+    let mut cfg: Value = serde_json::from_slice(&cfg_bytes).map_err(|e| Error::InvalidImage {
+        digest: base.config_digest.clone(),
+        reason: format!("not JSON: {e}"),
+    })?;
+    let created = crate::time::now_rfc3339();
+    let obj = cfg.as_object_mut().ok_or_else(|| Error::InvalidImage {
+        digest: base.config_digest.clone(),
+        reason: "config is not a JSON object".into(),
+    })?;
+    obj.insert("created".into(), json!(created));
+    if let Some(a) = &opts.author {
+        obj.insert("author".into(), json!(a));
+    }
+    let rootfs = obj
+        .entry("rootfs")
+        .or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
+    match rootfs.get_mut("diff_ids").and_then(|d| d.as_array_mut()) {
+        Some(ids) => ids.push(json!(diff_id.as_str())),
+        None => rootfs["diff_ids"] = json!([diff_id.as_str()]),
+    }
+    let mut h = json!({"created": created, "created_by": "lamina commit"});
+    if let Some(a) = &opts.author {
+        h["author"] = json!(a);
+    }
+    if let Some(m) = &opts.message {
+        h["comment"] = json!(m);
+    }
+    match obj.get_mut("history").and_then(|x| x.as_array_mut()) {
+        Some(hist) => hist.push(h),
+        None => {
+            obj.insert("history".into(), json!([h]));
+        }
+    }
+    let cfg_out = serde_json::to_vec(&cfg).map_err(|e| Error::io("<config>", e.into()))?;
+    let cfg_digest = store.content().put(&cfg_out, None)?;
+
+    // Manifest: the base's layers (media types in OCI spelling) plus the new one.
+    let (base_manifest, _) = store.manifest(&base.manifest_digest)?;
+    let mut layers: Vec<Value> = base_manifest
+        .layers
+        .iter()
+        .map(|l| json!({"mediaType": oci_layer_type(&l.media_type), "digest": l.digest.as_str(), "size": l.size}))
+        .collect();
+    layers
+        .push(json!({"mediaType": layer.media_type, "digest": blob.as_str(), "size": layer.size}));
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": media_types::OCI_MANIFEST,
+        "config": {"mediaType": media_types::OCI_CONFIG, "digest": cfg_digest.as_str(), "size": cfg_out.len()},
+        "layers": layers,
+    });
+    let m_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::io("<manifest>", e.into()))?;
+    let m_digest = store.content().put(&m_bytes, None)?;
+
+    store.unpack_layer_blob(
+        base.top_chain_id(),
+        &blob,
+        layer.media_type,
+        Some(&diff_id),
+        &format!("committed layer {blob} of container {}", c.id),
+    )?;
+    let image = store.register_image(name, &m_digest)?;
+    Ok(Committed { image, layer })
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
