@@ -6,6 +6,8 @@ pub mod overlay;
 pub mod registry;
 pub mod service;
 pub mod store;
+pub mod tree;
+pub mod unpack;
 
 /// Path of a binary built from this workspace (`lamina`, `lamina-overlayfs`).
 ///

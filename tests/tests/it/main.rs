@@ -12,3 +12,4 @@ mod store_gc;
 mod store_concurrency;
 mod store_crash;
 mod store_schema;
+mod unpack_hostile;

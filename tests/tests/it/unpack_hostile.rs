@@ -1,0 +1,378 @@
+//! Hostile layers: each is rejected with an error naming the layer and the
+//! entry, or made harmless inside the layer dir as the OCI spec says; in
+//! every case nothing outside the layer dir changes.
+
+use anyhow::{Result, ensure};
+use lamina_store::layers::unpack::{UnpackError, UnpackStats, unpack};
+use lamina_tests::unpack::{Entry, Sandbox, filter, tar_of};
+
+fn run(sb: &Sandbox, tar: &[u8]) -> Result<UnpackStats, UnpackError> {
+    unpack(tar, &sb.dest, &[], "hostile-layer")
+}
+
+/// Asserts a rejection naming the layer and `entry`.
+fn assert_rejected(r: Result<UnpackStats, UnpackError>, entry: &str) -> Result<()> {
+    match r {
+        Err(e @ (UnpackError::Rejected { .. } | UnpackError::Entry { .. })) => {
+            let msg = e.to_string();
+            ensure!(
+                msg.contains("hostile-layer"),
+                "error does not name the layer: {msg}"
+            );
+            ensure!(
+                msg.contains(entry),
+                "error does not name entry {entry}: {msg}"
+            );
+            Ok(())
+        }
+        other => anyhow::bail!("expected a rejection of {entry}, got {other:?}"),
+    }
+}
+
+#[test]
+fn dotdot_escaping_the_root_is_rejected() -> Result<()> {
+    for name in [
+        "../sentinel/evil",
+        "a/../../sentinel/evil",
+        "./../../x",
+        "/../sentinel/evil",
+    ] {
+        let sb = Sandbox::new()?;
+        let r = run(&sb, &tar_of([Entry::dir("a"), Entry::file(name, "evil")]));
+        assert_rejected(r, name)?;
+        sb.assert_outside_untouched()?;
+    }
+    Ok(())
+}
+
+#[test]
+fn dotdot_inside_the_root_is_normalised() -> Result<()> {
+    let sb = Sandbox::new()?;
+    run(&sb, &tar_of([Entry::dir("a"), Entry::file("a/../b", "ok")]))?;
+    ensure!(std::fs::read(sb.dest.join("b"))? == b"ok");
+    sb.assert_outside_untouched()
+}
+
+#[test]
+fn absolute_paths_land_inside_the_layer() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let abs = format!("{}/etc/passwd", sb.sentinel_abs());
+    run(
+        &sb,
+        &tar_of([Entry::file(&abs, "evil"), Entry::file("/top", "t")]),
+    )?;
+    let inside = sb.dest.join(abs.trim_start_matches('/'));
+    ensure!(
+        std::fs::read(&inside)? == b"evil",
+        "absolute entry not stripped into the layer"
+    );
+    ensure!(std::fs::read(sb.dest.join("top"))? == b"t");
+    sb.assert_outside_untouched()
+}
+
+#[test]
+fn writes_through_a_symlink_to_root_stay_inside() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let abs = sb.sentinel_abs();
+    run(
+        &sb,
+        &tar_of([
+            Entry::symlink("a", "/"),
+            Entry::file("a/etc/x", "through /"),
+            Entry::symlink("up", "../../../../../.."),
+            Entry::file("up/y", "through ../.."),
+            Entry::symlink("s", format!("{abs}/dir")),
+            Entry::dir(format!("{}/dir", abs.trim_start_matches('/'))),
+            Entry::file("s/file", "through abs"),
+        ]),
+    )?;
+    // Symlinks resolve as if the layer dir were `/`.
+    ensure!(std::fs::read(sb.dest.join("etc/x"))? == b"through /");
+    ensure!(std::fs::read(sb.dest.join("y"))? == b"through ../..");
+    ensure!(
+        std::fs::read(sb.dest.join(abs.trim_start_matches('/')).join("dir/file"))?
+            == b"through abs"
+    );
+    ensure!(
+        std::fs::read_link(sb.dest.join("a"))?.as_os_str() == "/",
+        "symlink kept as is"
+    );
+    sb.assert_outside_untouched()
+}
+
+#[test]
+fn writes_through_a_dangling_escaping_symlink_fail_inside() -> Result<()> {
+    let sb = Sandbox::new()?;
+    // `a` points (relatively) at the sentinel's etc, which is not in the layer.
+    let r = run(
+        &sb,
+        &tar_of([
+            Entry::symlink("a", "../../sentinel/etc"),
+            Entry::file("a/passwd", "evil"),
+        ]),
+    );
+    assert_rejected(r, "a/passwd")?;
+    sb.assert_outside_untouched()
+}
+
+#[test]
+fn symlink_entries_are_never_followed_when_replaced() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let target = sb.sentinel.join("etc/passwd").display().to_string();
+    // A later file at the symlink's name replaces the symlink, not its target.
+    run(
+        &sb,
+        &tar_of([Entry::symlink("p", &target), Entry::file("p", "replaced")]),
+    )?;
+    ensure!(std::fs::read(sb.dest.join("p"))? == b"replaced");
+    ensure!(std::fs::symlink_metadata(sb.dest.join("p"))?.is_file());
+    sb.assert_outside_untouched()
+}
+
+#[test]
+fn hardlinks_outside_the_layer_are_rejected() -> Result<()> {
+    let abs_passwd = |sb: &Sandbox| sb.sentinel.join("etc/passwd").display().to_string();
+    // `..` escaping the root.
+    let sb = Sandbox::new()?;
+    assert_rejected(
+        run(
+            &sb,
+            &tar_of([Entry::hardlink("h", "../../sentinel/etc/passwd")]),
+        ),
+        "h",
+    )?;
+    sb.assert_outside_untouched()?;
+    // Absolute: means the layer's own path, which does not exist.
+    let sb = Sandbox::new()?;
+    assert_rejected(
+        run(&sb, &tar_of([Entry::hardlink("h", abs_passwd(&sb))])),
+        "h",
+    )?;
+    sb.assert_outside_untouched()?;
+    // Through a symlink pointing outside.
+    let sb = Sandbox::new()?;
+    let etc = sb.sentinel.join("etc").display().to_string();
+    let r = run(
+        &sb,
+        &tar_of([Entry::symlink("s", &etc), Entry::hardlink("h", "s/passwd")]),
+    );
+    assert_rejected(r, "h")?;
+    sb.assert_outside_untouched()?;
+    // Through a relative symlink climbing out.
+    let sb = Sandbox::new()?;
+    let r = run(
+        &sb,
+        &tar_of([
+            Entry::symlink("s", "../../sentinel/etc"),
+            Entry::hardlink("h", "s/passwd"),
+        ]),
+    );
+    assert_rejected(r, "h")?;
+    sb.assert_outside_untouched()
+}
+
+#[test]
+fn whiteouts_and_opaque_markers_beneath_symlinks_stay_inside() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let etc = sb.sentinel.join("etc").display().to_string();
+    let r = run(
+        &sb,
+        &tar_of([Entry::symlink("s", &etc), Entry::file("s/.wh.passwd", "")]),
+    );
+    // The symlink resolves inside the layer to a missing dir: refused.
+    assert_rejected(r, "s/.wh.passwd")?;
+    sb.assert_outside_untouched()?;
+
+    let sb = Sandbox::new()?;
+    let r = run(
+        &sb,
+        &tar_of([
+            Entry::symlink("r", "../../sentinel/etc"),
+            Entry::file("r/.wh..wh..opq", ""),
+        ]),
+    );
+    assert_rejected(r, "r/.wh..wh..opq")?;
+    sb.assert_outside_untouched()?;
+
+    let sb = Sandbox::new()?;
+    // `a -> /`: the whiteout lands in the layer root, as if it were `/`.
+    run(
+        &sb,
+        &tar_of([
+            Entry::symlink("a", "/"),
+            Entry::file("a/.wh.etc", ""),
+            Entry::dir("d"),
+            Entry::symlink("d/up", "../.."),
+            Entry::file("d/up/.wh..wh..opq", ""),
+        ]),
+    )?;
+    let wh = std::fs::symlink_metadata(sb.dest.join("etc"))?;
+    ensure!(
+        std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type())
+            || !lamina_tests::unpack::is_root()
+    );
+    sb.assert_outside_untouched()
+}
+
+#[test]
+fn bad_whiteout_names_are_rejected() -> Result<()> {
+    for name in ["d/.wh.", "d/.wh..", "d/.wh..."] {
+        let sb = Sandbox::new()?;
+        assert_rejected(
+            run(&sb, &tar_of([Entry::dir("d"), Entry::file(name, "")])),
+            name,
+        )?;
+        sb.assert_outside_untouched()?;
+    }
+    Ok(())
+}
+
+#[test]
+fn duplicate_entries_later_wins() -> Result<()> {
+    let sb = Sandbox::new()?;
+    run(
+        &sb,
+        &tar_of([
+            Entry::file("f", "one"),
+            Entry::file("f", "two"),
+            Entry::dir("d"),
+            Entry::file("d/keep", "k"),
+            Entry {
+                mode: 0o700,
+                ..Entry::dir("d")
+            },
+            Entry::dir("x"),
+            Entry::file("x/gone", "g"),
+            Entry::file("x", "x is a file now"),
+            Entry::file("y", "y was a file"),
+            Entry::dir("y"),
+            Entry::file("y/in", "in"),
+            Entry::file("z", "z was a file"),
+            Entry::symlink("z", "f"),
+        ]),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    ensure!(std::fs::read(sb.dest.join("f"))? == b"two");
+    ensure!(
+        std::fs::read(sb.dest.join("d/keep"))? == b"k",
+        "a dir over a dir merges"
+    );
+    ensure!(
+        std::fs::metadata(sb.dest.join("d"))?.permissions().mode() & 0o7777 == 0o700,
+        "later dir metadata wins"
+    );
+    ensure!(std::fs::read(sb.dest.join("x"))? == b"x is a file now");
+    ensure!(std::fs::read(sb.dest.join("y/in"))? == b"in");
+    ensure!(std::fs::read_link(sb.dest.join("z"))?.as_os_str() == "f");
+    sb.assert_outside_untouched()
+}
+
+#[test]
+fn overlay_xattrs_from_the_layer_are_dropped() -> Result<()> {
+    if !lamina_tests::unpack::is_root() {
+        eprintln!(
+            "SKIP overlay_xattrs_from_the_layer_are_dropped: needs root for trusted.* xattrs"
+        );
+        return Ok(());
+    }
+    let sb = Sandbox::new()?;
+    run(
+        &sb,
+        &tar_of([
+            Entry::dir("d").with_pax("SCHILY.xattr.trusted.overlay.redirect", "/etc"),
+            Entry::file("f", "x")
+                .with_pax("SCHILY.xattr.trusted.overlay.metacopy", "")
+                .with_pax("SCHILY.xattr.user.ok", "1"),
+        ]),
+    )?;
+    let x = lamina_tests::tree::xattrs(&sb.dest.join("f"))?;
+    ensure!(x == vec![("user.ok".to_owned(), b"1".to_vec())], "{x:?}");
+    let mut buf = [0u8; 64];
+    ensure!(
+        rustix::fs::lgetxattr(&sb.dest.join("d"), "trusted.overlay.redirect", &mut buf[..])
+            .is_err()
+    );
+    sb.assert_outside_untouched()
+}
+
+#[test]
+fn absurdly_deep_paths_are_rejected() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let name = "a/".repeat(2000) + "f";
+    assert_rejected(run(&sb, &tar_of([Entry::file(&name, "x")])), "a/a/a")?;
+    sb.assert_outside_untouched()
+}
+
+#[test]
+fn truncated_and_corrupt_streams_fail() -> Result<()> {
+    let tar = tar_of((0..50).map(|i| Entry::file(format!("f{i}"), vec![i as u8; 20_000])));
+    for (name, cmd) in [
+        ("gzip", &["gzip", "-c"][..]),
+        ("zstd", &["zstd", "-q", "-c"][..]),
+    ] {
+        if !lamina_tests::unpack::have(cmd[0]) {
+            eprintln!("SKIP {name}: {} not installed", cmd[0]);
+            continue;
+        }
+        let z = filter(cmd, &tar)?;
+        // Truncated.
+        let sb = Sandbox::new()?;
+        let r = unpack(&z[..z.len() / 2], &sb.dest, &[], "hostile-layer");
+        ensure!(
+            matches!(r, Err(UnpackError::Read { .. })),
+            "{name} truncated: {r:?}"
+        );
+        ensure!(r.unwrap_err().to_string().contains("hostile-layer"));
+        sb.assert_outside_untouched()?;
+        // Only the trailer missing.
+        let sb = Sandbox::new()?;
+        let r = unpack(&z[..z.len() - 4], &sb.dest, &[], "hostile-layer");
+        ensure!(r.is_err(), "{name} without its last bytes accepted");
+        // Corrupt in the middle.
+        let mut bad = z.clone();
+        let mid = bad.len() / 2;
+        for b in &mut bad[mid..mid + 64] {
+            *b ^= 0x5a;
+        }
+        let sb = Sandbox::new()?;
+        let r = unpack(&bad[..], &sb.dest, &[], "hostile-layer");
+        ensure!(r.is_err(), "{name} corrupt accepted");
+        sb.assert_outside_untouched()?;
+    }
+    Ok(())
+}
+
+#[test]
+fn data_that_is_not_a_tar_fails() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let text = b"this is not a tar archive, just some text\n".repeat(100);
+    let r = unpack(&text[..], &sb.dest, &[], "hostile-layer");
+    ensure!(matches!(r, Err(UnpackError::Tar { .. })), "{r:?}");
+    let r = unpack(&b""[..], &sb.dest, &[], "hostile-layer");
+    ensure!(matches!(r, Err(UnpackError::Empty { .. })), "{r:?}");
+    let r = unpack(&b"short"[..], &sb.dest, &[], "hostile-layer");
+    ensure!(r.is_err(), "5 bytes accepted: {r:?}");
+    let junk = filter(&["gzip", "-c"], &text)?;
+    let r = unpack(&junk[..], &sb.dest, &[], "hostile-layer");
+    ensure!(
+        matches!(r, Err(UnpackError::Tar { .. })),
+        "gzip of text: {r:?}"
+    );
+    sb.assert_outside_untouched()
+}
+
+#[test]
+fn diff_id_mismatch_is_reported() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let tar = tar_of([Entry::file("f", "x")]);
+    let stats = unpack(&tar[..], &sb.dest, &[], "hostile-layer")?;
+    use sha2::Digest as _;
+    ensure!(stats.diff_id == format!("sha256:{}", hex::encode(sha2::Sha256::digest(&tar))));
+    ensure!(stats.size == tar.len() as u64);
+    stats.verify_diff_id(&stats.diff_id.clone(), "hostile-layer")?;
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let err = stats.verify_diff_id(&wrong, "hostile-layer").unwrap_err();
+    ensure!(matches!(err, UnpackError::DiffIdMismatch { .. }));
+    ensure!(err.to_string().contains("hostile-layer") && err.to_string().contains(&wrong));
+    Ok(())
+}
