@@ -27,6 +27,8 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 
+/// Blob chunks are handed out as `bytes::Bytes`.
+pub use bytes::Bytes;
 pub use client::{Client, ClientOptions};
 pub use credentials::{CredentialSources, Credentials};
 pub use digest::{Digest, Verifier};

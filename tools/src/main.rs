@@ -3,6 +3,7 @@
 
 mod commands;
 mod context;
+mod transfer;
 mod service;
 
 use clap::{Parser, Subcommand};

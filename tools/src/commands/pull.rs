@@ -1,6 +1,7 @@
-//! `lamina pull`: pull an image from a registry.
+//! `lamina pull`: pull an image from a registry (see `transfer::pull`).
 
 use crate::context::Context;
+use std::sync::Arc;
 
 /// Arguments of `lamina pull`.
 #[derive(clap::Args)]
@@ -16,6 +17,18 @@ pub struct Args {
 }
 
 /// Runs `lamina pull`.
-pub fn run(_ctx: &Context, _args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`lamina pull` is not implemented yet")
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let store = Arc::new(lamina_store::Store::open(&ctx.root)?);
+    let pulled = crate::transfer::pull::pull(
+        store,
+        &args.reference,
+        args.platform.as_deref(),
+        args.insecure,
+    )?;
+    let name = pulled.image.names.first().cloned().unwrap_or_default();
+    println!(
+        "pulled {name} {} fetched {}",
+        pulled.image.manifest_digest, pulled.fetched
+    );
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! `lamina push`: push an image to a registry.
+//! `lamina push`: push an image to a registry (see `transfer::push`).
 
 use crate::context::Context;
 
@@ -15,6 +15,14 @@ pub struct Args {
 }
 
 /// Runs `lamina push`.
-pub fn run(_ctx: &Context, _args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`lamina push` is not implemented yet")
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let store = lamina_store::Store::open(&ctx.root)?;
+    let pushed = crate::transfer::push::push(
+        &store,
+        &args.reference,
+        args.destination.as_deref(),
+        args.insecure,
+    )?;
+    println!("pushed {} {}", pushed.destination, pushed.digest);
+    Ok(())
 }

@@ -1,0 +1,436 @@
+//! `lamina pull` / `push` / `login` against a real `docker-registry`: the
+//! store's layer dirs must hold what `umoci unpack` makes of the same image,
+//! pushes must read back through skopeo + umoci, a killed pull resumes with
+//! `Range`, and corrupt bytes never become blobs.
+
+use lamina_registry::manifest::{OCI_INDEX, OCI_MANIFEST};
+use lamina_registry::{Client, Digest, Reference};
+use lamina_tests::registry::{
+    Auth, Proxy, ProxyMode, Registry, build_image, merged_listing, random_bytes, runtime,
+    tree_listing, umoci_unpack,
+};
+use lamina_tests::require_tools;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Runs lamina with a fresh credential environment rooted in `env_dir`.
+pub(crate) fn lamina(root: &Path, env_dir: &Path, args: &[&str]) -> Output {
+    lamina_cmd(root, env_dir, args).output().unwrap()
+}
+
+pub(crate) fn lamina_cmd(root: &Path, env_dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(lamina_tests::bin("lamina"));
+    c.arg("--root")
+        .arg(root)
+        .args(args)
+        .env("HOME", env_dir)
+        .env("DOCKER_CONFIG", env_dir.join("docker"))
+        .env("LAMINA_AUTH_FILE", env_dir.join("auth.json"))
+        .env_remove("XDG_CONFIG_HOME")
+        .env("LAMINA_REGISTRY_RETRIES", "1")
+        .env("LAMINA_REGISTRY_TIMEOUT", "10")
+        .stdin(Stdio::null());
+    c
+}
+
+pub(crate) fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "lamina failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub(crate) fn err(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "lamina should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The store's layer dirs of `name`, merged, against umoci's rootfs of the source.
+fn assert_same_tree(root: &Path, name: &str, layout: &Path, tag: &str, scratch: &Path) {
+    let store = lamina_store::Store::open(root).unwrap();
+    let image = store.image(name).unwrap();
+    let dirs = store.image_layer_dirs(&image).unwrap();
+    let want = umoci_unpack(layout, tag, scratch).unwrap();
+    assert_eq!(merged_listing(&dirs).unwrap(), tree_listing(&want).unwrap());
+}
+
+fn image(dir: &Path) -> std::path::PathBuf {
+    let layout = dir.join("oci");
+    let noise = random_bytes(200_000);
+    build_image(
+        &layout,
+        "v1",
+        &[
+            &[
+                ("etc/os-release", b"NAME=test\n"),
+                ("usr/bin/", b""),
+                ("usr/bin/tool", b"#!/bin/sh\n"),
+            ],
+            &[("srv/data.bin", &noise[..]), ("srv/link", b"->data.bin")],
+            &[("etc/motd", b"third layer\n")],
+        ],
+    )
+    .unwrap();
+    layout
+}
+
+#[test]
+fn pull_anonymous_layers_match_umoci_and_second_pull_fetches_nothing() {
+    require_tools!("umoci", "skopeo");
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = image(dir.path());
+    reg.put_oci(&layout, "v1", "lib/app:v1").unwrap();
+    let root = dir.path().join("root");
+    let name = format!("{}/lib/app:v1", reg.host);
+    let out = ok(&lamina(&root, dir.path(), &["pull", &name]));
+    assert!(out.contains("unpacked"), "{out}");
+    assert_same_tree(&root, &name, &layout, "v1", &dir.path().join("u"));
+    // Everything is there now: nothing is fetched again.
+    let again = ok(&lamina(&root, dir.path(), &["pull", &name]));
+    assert!(again.contains("fetched 0"), "{again}");
+    assert!(!again.contains("download"), "{again}");
+}
+
+#[test]
+fn login_then_pull_with_htpasswd() {
+    require_tools!("umoci", "skopeo", "htpasswd");
+    let Some(reg) = Registry::start(Auth::Htpasswd {
+        user: "carol".into(),
+        password: "pa55-word".into(),
+    }) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = image(dir.path());
+    reg.put_oci(&layout, "v1", "priv/app:v1").unwrap();
+    let root = dir.path().join("root");
+    let name = format!("{}/priv/app:v1", reg.host);
+
+    let e = err(&lamina(&root, dir.path(), &["pull", &name]));
+    assert!(
+        e.contains("401") && e.contains(&format!("http://{}/v2/priv/app/manifests/v1", reg.host)),
+        "{e}"
+    );
+
+    let login = |password: &str| {
+        let mut c = lamina_cmd(
+            &root,
+            dir.path(),
+            &["login", &reg.host, "-u", "carol", "--password-stdin"],
+        );
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        std::io::Write::write_all(
+            child.stdin.as_mut().unwrap(),
+            format!("{password}\n").as_bytes(),
+        )
+        .unwrap();
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    };
+    let e = err(&login("not-it"));
+    assert!(e.contains("401") && !e.contains("not-it"), "{e}");
+    assert!(
+        !dir.path().join("auth.json").exists(),
+        "failed login must not store credentials"
+    );
+    ok(&login("pa55-word"));
+    let auth = dir.path().join("auth.json");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&auth).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&auth).unwrap();
+    assert!(
+        text.contains(&reg.host) && !text.contains("pa55-word"),
+        "{text}"
+    );
+
+    ok(&lamina(&root, dir.path(), &["pull", &name]));
+    assert_same_tree(&root, &name, &layout, "v1", &dir.path().join("u"));
+}
+
+#[test]
+fn pull_with_token_auth_and_docker_config() {
+    require_tools!("umoci", "skopeo", "openssl");
+    let Some(reg) = Registry::start(Auth::Token {
+        user: "dave".into(),
+        password: "t0ken".into(),
+        anonymous_pull: false,
+    }) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = image(dir.path());
+    reg.put_oci(&layout, "v1", "tok/app:v1").unwrap();
+    let root = dir.path().join("root");
+    let name = format!("{}/tok/app:v1", reg.host);
+    let e = err(&lamina(&root, dir.path(), &["pull", &name]));
+    assert!(e.contains("401") && e.contains("/token"), "{e}");
+    // Credentials from docker's config.json.
+    std::fs::create_dir_all(dir.path().join("docker")).unwrap();
+    std::fs::write(
+        dir.path().join("docker/config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"ZGF2ZTp0MGtlbg=="}}}}}}"#,
+            reg.host
+        ),
+    )
+    .unwrap();
+    let before = reg
+        .issuer
+        .as_ref()
+        .unwrap()
+        .issued
+        .load(std::sync::atomic::Ordering::SeqCst);
+    ok(&lamina(&root, dir.path(), &["pull", &name]));
+    let used = reg
+        .issuer
+        .as_ref()
+        .unwrap()
+        .issued
+        .load(std::sync::atomic::Ordering::SeqCst)
+        - before;
+    assert_eq!(
+        used, 1,
+        "one pull token reused for manifest, config and 3 layers"
+    );
+    assert_same_tree(&root, &name, &layout, "v1", &dir.path().join("u"));
+}
+
+#[test]
+fn push_reads_back_with_skopeo_and_umoci() {
+    require_tools!("umoci", "skopeo");
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let Some(other) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = image(dir.path());
+    reg.put_oci(&layout, "v1", "src/app:v1").unwrap();
+    let root = dir.path().join("root");
+    let name = format!("{}/src/app:v1", reg.host);
+    ok(&lamina(&root, dir.path(), &["pull", &name]));
+    // Same registry, other repository: blobs are mounted.
+    let same = format!("{}/dst/app:v2", reg.host);
+    let out = ok(&lamina(&root, dir.path(), &["push", &name, &same]));
+    assert!(out.contains("mounted from src/app"), "{out}");
+    // Another registry, small chunks: chunked uploads.
+    let far = format!("{}/far/app:v3", other.host);
+    let mut c = lamina_cmd(&root, dir.path(), &["push", &name, &far]);
+    c.env("LAMINA_PUSH_CHUNK_SIZE", "65536");
+    let out = ok(&c.output().unwrap());
+    assert!(out.contains("chunks"), "{out}");
+    // Again: everything exists.
+    let out = ok(&lamina(&root, dir.path(), &["push", &name, &far]));
+    assert!(!out.contains("uploaded"), "{out}");
+
+    let want = tree_listing(&umoci_unpack(&layout, "v1", &dir.path().join("w")).unwrap()).unwrap();
+    for (r, repo, tag) in [(&reg, "dst/app:v2", "v2"), (&other, "far/app:v3", "v3")] {
+        let back = dir.path().join(format!("back-{tag}"));
+        r.get_oci(repo, &back, tag).unwrap();
+        let got = umoci_unpack(&back, tag, &dir.path().join(format!("b-{tag}"))).unwrap();
+        assert_eq!(tree_listing(&got).unwrap(), want, "{repo}");
+    }
+}
+
+#[test]
+fn multi_platform_pull_picks_platform_and_lists_alternatives() {
+    require_tools!("umoci", "skopeo");
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("oci");
+    build_image(&layout, "amd", &[&[("arch", b"amd64\n")]]).unwrap();
+    build_image(&layout, "arm", &[&[("arch", b"arm64\n")]]).unwrap();
+    let mut entries = vec![];
+    for (tag, arch) in [("amd", "amd64"), ("arm", "arm64")] {
+        reg.put_oci(&layout, tag, &format!("multi/app:{tag}"))
+            .unwrap();
+        let c = Client::new(Default::default()).unwrap();
+        let m = runtime()
+            .block_on(
+                c.manifest(&Reference::parse(&format!("{}/multi/app:{tag}", reg.host)).unwrap()),
+            )
+            .unwrap();
+        entries.push(serde_json::json!({"mediaType": m.media_type, "digest": m.digest.to_string(), "size": m.bytes.len(),
+            "platform": {"os": "linux", "architecture": arch}}));
+    }
+    let index =
+        serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
+    let c = Client::new(Default::default()).unwrap();
+    let r = Reference::parse(&format!("{}/multi/app:all", reg.host)).unwrap();
+    let index_digest = runtime()
+        .block_on(c.push_manifest(&r, OCI_INDEX, serde_json::to_vec(&index).unwrap()))
+        .unwrap();
+    let _ = OCI_MANIFEST;
+
+    let root = dir.path().join("root");
+    let name = r.to_string();
+    for (platform, want) in [("linux/arm64", "arm64\n"), ("linux/amd64", "amd64\n")] {
+        ok(&lamina(
+            &root,
+            dir.path(),
+            &["pull", "--platform", platform, &name],
+        ));
+        let store = lamina_store::Store::open(&root).unwrap();
+        let img = store.image(&name).unwrap();
+        let dirs = store.image_layer_dirs(&img).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dirs.last().unwrap().join("arch")).unwrap(),
+            want
+        );
+        assert!(
+            img.index_digests
+                .iter()
+                .any(|d| d.as_str() == index_digest.as_str())
+        );
+    }
+    let e = err(&lamina(
+        &root,
+        dir.path(),
+        &["pull", "--platform", "linux/riscv64", &name],
+    ));
+    assert!(
+        e.contains("linux/amd64") && e.contains("linux/arm64") && e.contains("--platform"),
+        "{e}"
+    );
+    // Pushing the multi-platform image pushes the index when all of it is here.
+    let out = ok(&lamina(
+        &root,
+        dir.path(),
+        &["push", &name, &format!("{}/copy/app:all", reg.host)],
+    ));
+    assert!(out.contains(index_digest.as_str()), "{out}");
+}
+
+#[test]
+fn killed_pull_resumes_with_range() {
+    require_tools!("umoci", "skopeo");
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("oci");
+    let big = random_bytes(16 << 20);
+    build_image(&layout, "v1", &[&[("big.bin", &big[..])]]).unwrap();
+    reg.put_oci(&layout, "v1", "big/app:v1").unwrap();
+    let proxy = Proxy::start(&reg.host, ProxyMode::Throttle(4 << 20));
+    let root = dir.path().join("root");
+    let name = format!("{}/big/app:v1", proxy.host);
+    let mut child = lamina_cmd(&root, dir.path(), &["pull", &name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let layer_path = |gets: &[(String, Option<String>, u64)]| {
+        gets.iter().max_by_key(|g| g.2).map(|g| g.0.clone())
+    };
+    loop {
+        let gets = proxy.blob_gets();
+        if gets.iter().any(|g| g.2 > 6 << 20) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull did not progress: {gets:?}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pull ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let first = proxy.blob_gets();
+    let path = layer_path(&first).unwrap();
+    let first_bytes: u64 = first.iter().filter(|g| g.0 == path).map(|g| g.2).sum();
+    proxy.set_mode(ProxyMode::Pass);
+    let out = ok(&lamina(&root, dir.path(), &["pull", &name]));
+    assert!(out.contains("resume"), "{out}");
+    let all = proxy.blob_gets();
+    let second: Vec<_> = all[first.len()..]
+        .iter()
+        .filter(|g| g.0 == path)
+        .cloned()
+        .collect();
+    assert_eq!(second.len(), 1, "{second:?}");
+    let range = second[0]
+        .1
+        .clone()
+        .expect("the second pull asks for a Range");
+    let from: u64 = range
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!(from > 4 << 20, "resumed from {from}");
+    let layer_size = std::fs::metadata(
+        layout
+            .join("blobs/sha256")
+            .join(path.rsplit(':').next().unwrap()),
+    )
+    .unwrap()
+    .len();
+    let total = first_bytes + second[0].2;
+    // About one layer (plus headers and at most the unflushed write buffer), never two.
+    assert!(
+        total < layer_size + (2 << 20),
+        "fetched {total} bytes for a {layer_size}-byte layer"
+    );
+    let store = lamina_store::Store::open(&root).unwrap();
+    let img = store.image(&name).unwrap();
+    let dirs = store.image_layer_dirs(&img).unwrap();
+    assert_eq!(std::fs::read(dirs[0].join("big.bin")).unwrap(), big);
+}
+
+#[test]
+fn corrupt_bytes_never_become_blobs() {
+    require_tools!("umoci", "skopeo");
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = image(dir.path());
+    reg.put_oci(&layout, "v1", "bad/app:v1").unwrap();
+    let proxy = Proxy::start(&reg.host, ProxyMode::Corrupt);
+    let root = dir.path().join("root");
+    let name = format!("{}/bad/app:v1", proxy.host);
+    let e = err(&lamina(&root, dir.path(), &["pull", &name]));
+    assert!(
+        e.contains("digest mismatch")
+            && e.contains(&format!("http://{}/v2/bad/app/blobs/sha256:", proxy.host)),
+        "{e}"
+    );
+    let store = lamina_store::Store::open(&root).unwrap();
+    let blobs = store.content().list().unwrap();
+    assert!(blobs.is_empty(), "no blob may be stored: {blobs:?}");
+    assert!(store.images().unwrap().is_empty());
+    let layers: Vec<_> = std::fs::read_dir(root.join("layers"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(layers.is_empty(), "no layer dir may be left: {layers:?}");
+    // Through a clean path the same pull then works.
+    let good = format!("{}/bad/app:v1", reg.host);
+    ok(&lamina(&root, dir.path(), &["pull", &good]));
+    assert_same_tree(&root, &good, &layout, "v1", &dir.path().join("u"));
+    let _ = Digest::of(b"");
+}

@@ -1,0 +1,456 @@
+//! `lamina pull`: registry → store.
+//!
+//! 1. Resolve the reference (index → the platform's manifest) and fetch the
+//!    config (small, verified in memory) for the diff ids.
+//! 2. Plan: a layer whose dir and blob are both in the store is skipped; a
+//!    blob already present is not downloaded; a layer dir already present is
+//!    not unpacked.
+//! 3. Download the layers concurrently, each straight into the store ingest
+//!    keyed by the blob digest (so a killed pull resumes from what reached
+//!    the disk, with `Range`), verified as the bytes arrive and again by the
+//!    ingest commit.
+//! 4. Meanwhile one thread unpacks the layers bottom-up (a layer may hardlink
+//!    into its parent): a fresh download is teed into the unpacker while it
+//!    downloads (see [`super::tee`]: the unpacker gets the blob's last bytes
+//!    only after the digest verified, so a corrupt blob never becomes a layer
+//!    dir); a resumed or spilled one is unpacked from the committed blob.
+//! 5. Store config, manifest (and index) as blobs, then register the image
+//!    under its name. A failure before this step leaves only resumable
+//!    ingests (and verified blobs/layers nothing references, which gc
+//!    removes).
+
+use super::progress::Progress;
+use super::tee::{TeeWriter, tee};
+use super::{client, runtime, store_digest};
+use anyhow::{Context as _, anyhow, bail};
+use futures::StreamExt as _;
+use lamina_registry::{Bytes, Client, Digest, Error as RegistryError, Platform, Reference};
+use lamina_store::{ImageRecord, Store};
+use std::io::Write as _;
+use std::sync::{Arc, Condvar, Mutex};
+
+/// How much of a layer may queue in memory for an unpacker that has not
+/// started yet (it waits for the layer below); past it the layer is unpacked
+/// from its blob after the download.
+const TEE_BUDGET: u64 = 256 << 20;
+/// Largest config accepted.
+const MAX_CONFIG: u64 = 16 << 20;
+
+/// What `pull` did.
+pub struct Pulled {
+    /// The image record.
+    pub image: ImageRecord,
+    /// Layer blob bytes fetched from the registry in this run.
+    pub fetched: u64,
+}
+
+/// Completion of one layer's download, shared with the unpacker.
+#[derive(Default)]
+struct Done {
+    result: Mutex<Option<Result<(), String>>>,
+    cond: Condvar,
+}
+
+impl Done {
+    fn set(&self, r: Result<(), String>) {
+        let mut g = self.result.lock().unwrap();
+        if g.is_none() {
+            *g = Some(r);
+        }
+        drop(g);
+        self.cond.notify_all();
+    }
+    fn wait(&self) -> Result<(), String> {
+        let mut g = self.result.lock().unwrap();
+        while g.is_none() {
+            g = self.cond.wait(g).unwrap();
+        }
+        g.clone().unwrap()
+    }
+}
+
+struct Layer {
+    idx: usize,
+    digest: Digest,
+    media_type: String,
+    size: u64,
+    diff_id: lamina_store::Digest,
+    unpack: bool,
+    download: bool,
+    tee: Option<TeeWriter>,
+    done: Arc<Done>,
+}
+
+/// Pulls `reference` into `store`.
+pub fn pull(
+    store: Arc<Store>,
+    reference: &str,
+    platform: Option<&str>,
+    insecure: bool,
+) -> anyhow::Result<Pulled> {
+    let r = Reference::parse(reference)?;
+    let platform = match platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let client = client(insecure)?;
+    let rt = runtime()?;
+    let _lease = store.lease()?;
+    let resolved = rt.block_on(client.resolve(&r, &platform))?;
+    let manifest = &resolved.manifest;
+    let config = manifest
+        .config
+        .clone()
+        .expect("image manifests have a config");
+    let config_bytes =
+        rt.block_on(client.blob_bytes(&r, &config.digest, config.size, MAX_CONFIG))?;
+    let diff_ids =
+        diff_ids(&config_bytes).with_context(|| format!("config {} of {r}", config.digest))?;
+    if diff_ids.len() != manifest.layers.len() {
+        bail!(
+            "{r}: the manifest has {} layers but its config lists {} diff ids; the image is broken",
+            manifest.layers.len(),
+            diff_ids.len()
+        );
+    }
+    let progress = Arc::new(Progress::new(manifest.layers.len()));
+    progress.line(&format!("resolved {r} {}", manifest.digest));
+
+    // Plan.
+    let mut layers: Vec<Layer> = Vec::new();
+    let mut parent: Option<lamina_store::Digest> = None;
+    for (idx, (desc, diff)) in manifest.layers.iter().zip(&diff_ids).enumerate() {
+        if !is_layer_media_type(&desc.media_type) {
+            bail!(
+                "{r}: layer {} has media type {:?}, which is not a container image layer",
+                desc.digest,
+                desc.media_type
+            );
+        }
+        let chain = lamina_store::chain_id(parent.as_ref(), diff);
+        let sd = store_digest(&desc.digest);
+        let have_layer = store.has_layer(&chain)?;
+        let have_blob = store.content().info(&sd)? == Some(desc.size);
+        let first = layers.iter().find(|l| l.digest == desc.digest);
+        let (download, done) = match first {
+            Some(f) => (false, f.done.clone()),
+            None => (!have_blob, Arc::new(Done::default())),
+        };
+        if !download && first.is_none() {
+            done.set(Ok(()));
+        }
+        let unpack = !have_layer;
+        layers.push(Layer {
+            idx,
+            digest: desc.digest.clone(),
+            media_type: desc.media_type.clone(),
+            size: desc.size,
+            diff_id: diff.clone(),
+            unpack,
+            download,
+            tee: (unpack && download).then(|| tee(TEE_BUDGET)),
+            done,
+        });
+        parent = Some(chain);
+    }
+    for l in &layers {
+        if !l.download {
+            progress.start(l.idx, l.digest.as_str(), l.size, l.size, "present");
+        }
+    }
+
+    // Unpacker: bottom-up, one layer at a time.
+    let unpacker = {
+        let store = store.clone();
+        let progress = progress.clone();
+        let plan: Vec<_> = layers
+            .iter()
+            .map(|l| {
+                (
+                    l.idx,
+                    l.digest.clone(),
+                    l.media_type.clone(),
+                    l.diff_id.clone(),
+                    l.unpack,
+                    l.tee.clone(),
+                    l.done.clone(),
+                )
+            })
+            .collect();
+        let name = r.to_string();
+        std::thread::Builder::new()
+            .name("lamina-unpack".into())
+            .spawn(move || -> anyhow::Result<()> {
+                let mut parent: Option<lamina_store::Digest> = None;
+                for (idx, digest, media_type, diff, unpack, tee, done) in plan {
+                    let label = format!("{digest} (layer {} of {name})", idx + 1);
+                    let info = if !unpack {
+                        None
+                    } else if let Some(reader) = tee.as_ref().and_then(|t| t.reader()) {
+                        match store.unpack_layer(parent.as_ref(), Some(&diff), reader, &label) {
+                            Ok(info) => Some(info),
+                            Err(e) => {
+                                // A download failure explains a broken stream better.
+                                done.wait().map_err(|d| anyhow!(d))?;
+                                return Err(
+                                    anyhow::Error::new(e).context(format!("unpacking {label}"))
+                                );
+                            }
+                        }
+                    } else {
+                        done.wait().map_err(|d| anyhow!(d))?;
+                        let sd = store_digest(&digest);
+                        Some(
+                            store
+                                .unpack_layer_blob(
+                                    parent.as_ref(),
+                                    &sd,
+                                    &media_type,
+                                    Some(&diff),
+                                    &label,
+                                )
+                                .with_context(|| format!("unpacking {label}"))?,
+                        )
+                    };
+                    if let Some(info) = info {
+                        progress.event(idx, digest.as_str(), "unpacked");
+                        parent = Some(info.chain_id);
+                    } else {
+                        parent = Some(lamina_store::chain_id(parent.as_ref(), &diff));
+                    }
+                }
+                Ok(())
+            })?
+    };
+
+    // Downloads, concurrently.
+    let concurrency = super::env_u64("LAMINA_PULL_CONCURRENCY")
+        .unwrap_or(4)
+        .max(1) as usize;
+    let fetched = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let download_result: anyhow::Result<()> = rt.block_on(async {
+        let jobs = layers.iter().filter(|l| l.download).map(|l| {
+            let (client, store, r, progress, fetched) = (
+                client.clone(),
+                store.clone(),
+                r.clone(),
+                progress.clone(),
+                fetched.clone(),
+            );
+            let (digest, size, idx, tee, done) = (
+                l.digest.clone(),
+                l.size,
+                l.idx,
+                l.tee.clone(),
+                l.done.clone(),
+            );
+            async move {
+                let res = download(
+                    &client,
+                    &store,
+                    &r,
+                    &digest,
+                    size,
+                    idx,
+                    tee.as_ref(),
+                    &progress,
+                    &fetched,
+                )
+                .await;
+                if let Err(e) = &res {
+                    if let Some(t) = &tee {
+                        t.finish(Err(format!("{e:#}")));
+                    }
+                    done.set(Err(format!("{e:#}")));
+                } else {
+                    done.set(Ok(()));
+                }
+                res
+            }
+        });
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(jobs)
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    });
+    let unpack_result = unpacker
+        .join()
+        .map_err(|_| anyhow!("the unpack thread panicked"))?;
+    download_result?;
+    unpack_result?;
+
+    let content = store.content();
+    content.put(&config_bytes, Some(&store_digest(&config.digest)))?;
+    let manifest_digest = content.put(&manifest.bytes, Some(&store_digest(&manifest.digest)))?;
+    let index_digest = match &resolved.index {
+        Some(ix) => Some(content.put(&ix.bytes, Some(&store_digest(&ix.digest)))?),
+        None => None,
+    };
+    let name = match (r.tag(), r.digest()) {
+        (Some(t), _) => format!("{}:{t}", r.name()),
+        (None, Some(d)) => format!("{}@{d}", r.name()),
+        (None, None) => format!("{}:latest", r.name()),
+    };
+    let image =
+        store.register_image_from_index(Some(&name), index_digest.as_ref(), &manifest_digest)?;
+    Ok(Pulled {
+        image,
+        fetched: fetched.load(std::sync::atomic::Ordering::SeqCst),
+    })
+}
+
+enum Msg {
+    Chunk(Bytes),
+    /// End of the stream: `Ok` commit, `Err((message, data_is_bad))`.
+    End(Result<(), (String, bool)>),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn download(
+    client: &Client,
+    store: &Arc<Store>,
+    r: &Reference,
+    digest: &Digest,
+    size: u64,
+    idx: usize,
+    tee: Option<&TeeWriter>,
+    progress: &Progress,
+    fetched: &std::sync::atomic::AtomicU64,
+) -> anyhow::Result<()> {
+    let sd = store_digest(digest);
+    let ingest = {
+        let (store, sd) = (store.clone(), sd.clone());
+        tokio::task::spawn_blocking(move || {
+            store
+                .content()
+                .ingest(sd.as_str(), Some((sd.clone(), size)))
+        })
+        .await??
+    };
+    let offset = ingest.offset();
+    if offset >= size {
+        if let Some(t) = tee {
+            t.abandon();
+        }
+        progress.start(idx, digest.as_str(), size, size, "present");
+        tokio::task::spawn_blocking(move || ingest.commit()).await??;
+        return Ok(());
+    }
+    match tee {
+        Some(t) if offset == 0 => t.begin(),
+        Some(t) => t.abandon(),
+        None => {}
+    }
+    let state = if offset == 0 {
+        "download".to_string()
+    } else {
+        format!("resume {offset}")
+    };
+    progress.start(idx, digest.as_str(), size, offset, &state);
+
+    // The sink owns the ingest on a blocking thread: file writes and the tee.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(64);
+    let sink_tee = tee.cloned();
+    let sink = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut ingest = ingest;
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                Msg::Chunk(b) => {
+                    ingest
+                        .write_all(&b)
+                        .context("writing to the store's ingest")?;
+                    if let Some(t) = &sink_tee {
+                        t.push(b);
+                    }
+                }
+                Msg::End(Ok(())) => {
+                    ingest.flush().context("writing to the store's ingest")?;
+                    let res = ingest.commit();
+                    if let Some(t) = &sink_tee {
+                        t.finish(res.as_ref().map(drop).map_err(|e| e.to_string()));
+                    }
+                    res?;
+                    return Ok(());
+                }
+                Msg::End(Err((e, bad))) => {
+                    if let Some(t) = &sink_tee {
+                        t.finish(Err(e.clone()));
+                    }
+                    if bad {
+                        ingest.abort()?;
+                    }
+                    bail!(e);
+                }
+            }
+        }
+        // The sender went away: keep the partial data for resume.
+        bail!("download interrupted")
+    });
+
+    let mut reader = match client.blob(r, digest, Some(size), offset).await {
+        Ok(rd) => rd,
+        Err(e) => {
+            let _ = tx.send(Msg::End(Err((e.to_string(), false)))).await;
+            drop(tx);
+            let _ = sink.await;
+            return Err(e.into());
+        }
+    };
+    let result = loop {
+        match reader.next_chunk().await {
+            Ok(Some(chunk)) => {
+                let n = chunk.len() as u64;
+                fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                progress.advance(idx, n);
+                if tx.send(Msg::Chunk(chunk)).await.is_err() {
+                    break Ok(());
+                }
+            }
+            Ok(None) => {
+                let _ = tx.send(Msg::End(Ok(()))).await;
+                break Ok(());
+            }
+            Err(e) => {
+                let bad = matches!(
+                    e,
+                    RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. }
+                );
+                let _ = tx.send(Msg::End(Err((e.to_string(), bad)))).await;
+                break Err(e);
+            }
+        }
+    };
+    drop(tx);
+    let sunk = sink.await?;
+    result?;
+    sunk?;
+    progress.event(
+        idx,
+        digest.as_str(),
+        &format!("done {}", reader.offset() - offset),
+    );
+    Ok(())
+}
+
+fn diff_ids(config: &[u8]) -> anyhow::Result<Vec<lamina_store::Digest>> {
+    let v: serde_json::Value =
+        serde_json::from_slice(config).context("the image config is not JSON")?;
+    let ids = v
+        .pointer("/rootfs/diff_ids")
+        .and_then(|d| d.as_array())
+        .ok_or_else(|| anyhow!("the image config has no rootfs.diff_ids"))?;
+    ids.iter()
+        .map(|d| {
+            let s = d
+                .as_str()
+                .ok_or_else(|| anyhow!("a diff id is not a string"))?;
+            Ok(lamina_store::Digest::parse(s)?)
+        })
+        .collect()
+}
+
+fn is_layer_media_type(mt: &str) -> bool {
+    mt.starts_with("application/vnd.oci.image.layer.")
+        || mt.starts_with("application/vnd.docker.image.rootfs.")
+}
