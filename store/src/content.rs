@@ -557,6 +557,34 @@ mod tests {
         assert_eq!(cs.ingests().unwrap()[0].offset, 2);
     }
 
+    proptest::proptest! {
+        /// However a write is cut into interrupted sessions, the committed blob
+        /// is the data and its digest.
+        #[test]
+        fn resume_at_any_cut(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 1..20_000),
+            cuts in proptest::collection::vec(0usize..20_000, 0..4),
+        ) {
+            let (_d, cs) = store();
+            let digest = Digest::of(&data);
+            let exp = Some((digest.clone(), data.len() as u64));
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % data.len()).collect();
+            cuts.sort();
+            for c in cuts {
+                let mut w = cs.ingest("k", exp.clone()).unwrap();
+                let off = w.offset() as usize;
+                if c > off {
+                    w.write_all(&data[off..c]).unwrap();
+                }
+            }
+            let mut w = cs.ingest("k", exp).unwrap();
+            let off = w.offset() as usize;
+            w.write_all(&data[off..]).unwrap();
+            proptest::prop_assert_eq!(w.commit().unwrap(), digest.clone());
+            proptest::prop_assert_eq!(std::fs::read(cs.blob_path(&digest)).unwrap(), data);
+        }
+    }
+
     #[test]
     fn two_writers_of_one_key_take_turns() {
         let (_d, cs) = store();

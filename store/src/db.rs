@@ -140,6 +140,10 @@ impl Db {
     fn migrate(&self, migrations: &[&str]) -> Result<()> {
         let known = migrations.len() as i64;
         let path = self.path.clone();
+        // Fast path without a write lock: most opens find the schema current.
+        if self.version()? == known {
+            return Ok(());
+        }
         self.write(|tx| {
             let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
             if version > known {
