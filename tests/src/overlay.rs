@@ -1,13 +1,223 @@
 //! Fixtures for the overlay (FUSE driver) tests: a `lamina-overlayfs` mount
 //! that unmounts on drop, layer dirs with every overlayfs edge case, and the
-//! Debian tree the program tests chroot into. Tree snapshots and the kernel
-//! overlayfs mount come from [`crate::archive`].
+//! Debian tree the program tests chroot into, tree snapshots to compare
+//! mounts, and a kernel overlayfs mount over the same dirs.
 
-use crate::archive::{is_root, run};
 use anyhow::{Context as _, Result, bail};
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// True when `cmd` is on PATH.
+pub fn have(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Runs a command; fails with its output unless it succeeds.
+pub fn run(cmd: &mut Command) -> Result<std::process::Output> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// What a snapshot keeps of one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Type letter and details: `d`, `f <len> <content>`, `l <target>`, `c/b <maj:min>`, `p`, `s`.
+    pub what: String,
+    /// Mode bits, owner, group.
+    pub meta: (u32, u32, u32),
+    /// User-visible xattrs (overlay-private ones excluded), sorted.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// mtime of non-directories (seconds); `None` when not compared.
+    pub mtime: Option<i64>,
+}
+
+/// A tree snapshot: entries by relative path and the groups of hardlinked paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tree {
+    /// Every path under the root.
+    pub entries: BTreeMap<String, Entry>,
+    /// Sorted groups of paths that share an inode.
+    pub links: Vec<Vec<String>>,
+}
+
+impl Tree {
+    /// The same tree without modification times.
+    pub fn no_times(mut self) -> Tree {
+        for e in self.entries.values_mut() {
+            e.mtime = None;
+        }
+        self
+    }
+}
+
+fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut names = vec![0u8; 65536];
+    let n = rustix::fs::llistxattr(path, &mut names[..]).unwrap_or(0);
+    let mut out = Vec::new();
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let s = String::from_utf8_lossy(name).into_owned();
+        if s.starts_with("trusted.overlay.") || s.starts_with("user.overlay.") {
+            continue;
+        }
+        let mut v = vec![0u8; 65536];
+        let len = rustix::fs::lgetxattr(path, std::ffi::OsStr::from_bytes(name), &mut v[..])?;
+        v.truncate(len);
+        out.push((s, v));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Snapshots everything under `root` (symlinks not followed).
+pub fn snapshot(root: &Path) -> Result<Tree> {
+    let mut entries = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = e?.path();
+            let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
+            let m = path.symlink_metadata()?;
+            let ft = m.file_type();
+            let dev = |r: u64| format!("{}:{}", rustix::fs::major(r), rustix::fs::minor(r));
+            let what = if ft.is_dir() {
+                stack.push(path.clone());
+                "d".to_string()
+            } else if ft.is_symlink() {
+                format!("l {}", std::fs::read_link(&path)?.display())
+            } else if ft.is_file() {
+                format!(
+                    "f {} {}",
+                    m.len(),
+                    String::from_utf8_lossy(&std::fs::read(&path)?)
+                )
+            } else if ft.is_char_device() {
+                format!("c {}", dev(m.rdev()))
+            } else if ft.is_block_device() {
+                format!("b {}", dev(m.rdev()))
+            } else if ft.is_fifo() {
+                "p".to_string()
+            } else {
+                "s".to_string()
+            };
+            if !ft.is_dir() && m.nlink() > 1 {
+                inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_default()
+                    .push(rel.clone());
+            }
+            let mtime = (!ft.is_dir() && !ft.is_symlink()).then(|| m.mtime());
+            entries.insert(
+                rel,
+                Entry {
+                    what,
+                    meta: (m.mode() & 0o7777, m.uid(), m.gid()),
+                    xattrs: xattrs(&path)?,
+                    mtime,
+                },
+            );
+        }
+    }
+    let mut links: Vec<Vec<String>> = inodes.into_values().filter(|v| v.len() > 1).collect();
+    links.iter_mut().for_each(|v| v.sort());
+    links.sort();
+    Ok(Tree { entries, links })
+}
+
+/// Fails with the list of differences unless the trees are equal.
+pub fn assert_same_tree(expected: &Tree, actual: &Tree, what: &str) -> Result<()> {
+    let mut diffs = Vec::new();
+    for (p, e) in &expected.entries {
+        match actual.entries.get(p) {
+            None => diffs.push(format!("missing {p} ({})", e.what)),
+            Some(a) if a != e => diffs.push(format!(
+                "differs {p}:\n   expected {e:?}\n   actual   {a:?}"
+            )),
+            _ => {}
+        }
+    }
+    for p in actual
+        .entries
+        .keys()
+        .filter(|p| !expected.entries.contains_key(*p))
+    {
+        diffs.push(format!("unexpected {p}"));
+    }
+    if expected.links != actual.links {
+        diffs.push(format!(
+            "hardlink groups: expected {:?}, actual {:?}",
+            expected.links, actual.links
+        ));
+    }
+    if !diffs.is_empty() {
+        bail!(
+            "{what}: {} difference(s):\n{}",
+            diffs.len(),
+            diffs.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// Whether kernel overlayfs can be mounted here.
+pub fn kernel_overlay_available() -> bool {
+    is_root() && std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("overlay"))
+}
+
+/// A kernel overlayfs mount (plain: no redirects, no index), unmounted on drop.
+pub struct KernelMount {
+    /// Where it is mounted.
+    pub dir: PathBuf,
+}
+
+impl KernelMount {
+    /// Mounts `lowers` (top-most first) with an optional `(upper, work)` at `dir`.
+    pub fn mount(
+        lowers: &[PathBuf],
+        upper: Option<(&Path, &Path)>,
+        dir: &Path,
+    ) -> Result<KernelMount> {
+        std::fs::create_dir_all(dir)?;
+        let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+        let mut opts = format!("lowerdir={}", lower.join(":"));
+        if let Some((u, w)) = upper {
+            opts.push_str(&format!(
+                ",upperdir={},workdir={}",
+                u.display(),
+                w.display()
+            ));
+        }
+        opts.push_str(",redirect_dir=off,index=off,metacopy=off");
+        run(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(dir))?;
+        Ok(KernelMount {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
 
 /// A `lamina-overlayfs` mount, unmounted on drop.
 pub struct LaminaMount {
@@ -229,7 +439,7 @@ pub fn debian_tree() -> Option<PathBuf> {
     if dir.join("usr/bin/dpkg").exists() {
         return Some(dir);
     }
-    if !crate::archive::have("debootstrap") {
+    if !have("debootstrap") {
         eprintln!("SKIP: debootstrap is not installed (scripts/test.sh installs it)");
         return None;
     }

@@ -13,3 +13,7 @@ mod store_concurrency;
 mod store_crash;
 mod store_schema;
 mod unpack_hostile;
+mod overlay_stress;
+mod overlay_layers;
+mod overlay_programs;
+mod overlay_pjdfstest;

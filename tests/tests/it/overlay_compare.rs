@@ -4,20 +4,17 @@
 //! same as the kernel's when mounted again (by the kernel and by lamina).
 
 use anyhow::{Context as _, Result, ensure};
-use lamina_tests::archive::{
-    OverlayMount, Tree, assert_same_tree, kernel_overlay_available, snapshot,
+use lamina_tests::overlay::{
+    KernelMount, LaminaMount, Tree, assert_same_tree, edge_layers, fuse_available,
+    kernel_overlay_available, snapshot,
 };
-use lamina_tests::overlay::{LaminaMount, edge_layers, fuse_available};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-fn no_times(mut t: Tree) -> Tree {
-    for n in t.nodes.values_mut() {
-        n.mtime = None;
-    }
-    t
+fn no_times(t: Tree) -> Tree {
+    t.no_times()
 }
 
 type Op = (&'static str, fn(&Path, bool) -> std::io::Result<()>);
@@ -151,21 +148,16 @@ fn merged_view_and_upper_match_kernel_overlayfs() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let base = tmp.path();
     let layers = edge_layers(&base.join("layers"), false)?;
-    let bottom_first: Vec<PathBuf> = layers.iter().rev().cloned().collect();
     for d in ["ku", "kw", "fu", "fw"] {
         std::fs::create_dir_all(base.join(d))?;
     }
     let (kmnt, fmnt) = (base.join("k"), base.join("f"));
     {
-        let k = OverlayMount::mount(
-            &bottom_first,
-            Some((&base.join("ku"), &base.join("kw"))),
-            &kmnt,
-        )?;
+        let k = KernelMount::mount(&layers, Some((&base.join("ku"), &base.join("kw"))), &kmnt)?;
         let f = LaminaMount::mount(&layers, Some((&base.join("fu"), &base.join("fw"))), &fmnt)?;
         let kt = snapshot(&k.dir)?;
         ensure!(
-            kt.nodes.contains_key("opq_x/new1") && !kt.nodes.contains_key("opq_x/old1"),
+            kt.entries.contains_key("opq_x/new1") && !kt.entries.contains_key("opq_x/old1"),
             "fixture sanity"
         );
         assert_same_tree(
@@ -194,15 +186,15 @@ fn merged_view_and_upper_match_kernel_overlayfs() -> Result<()> {
     // The upper dirs, read back as the top layer of a read-only kernel mount,
     // and lamina's upper remounted by lamina, all show the same tree.
     let with = |upper: &str| -> Vec<PathBuf> {
-        let mut v = bottom_first.clone();
-        v.push(base.join(upper));
+        let mut v = vec![base.join(upper)];
+        v.extend(layers.iter().cloned());
         v
     };
     let kview = no_times(snapshot(
-        &OverlayMount::mount(&with("ku"), None, &base.join("k2"))?.dir,
+        &KernelMount::mount(&with("ku"), None, &base.join("k2"))?.dir,
     )?);
     let fview = no_times(snapshot(
-        &OverlayMount::mount(&with("fu"), None, &base.join("f2"))?.dir,
+        &KernelMount::mount(&with("fu"), None, &base.join("f2"))?.dir,
     )?);
     assert_same_tree(
         &kview,
@@ -249,8 +241,7 @@ fn oci_whiteout_markers_mean_what_native_whiteouts_mean() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let native = edge_layers(&tmp.path().join("native"), false)?;
     let markers = edge_layers(&tmp.path().join("markers"), true)?;
-    let bottom_first: Vec<PathBuf> = native.iter().rev().cloned().collect();
-    let k = OverlayMount::mount(&bottom_first, None, &tmp.path().join("k"))?;
+    let k = KernelMount::mount(&native, None, &tmp.path().join("k"))?;
     let f = LaminaMount::mount(&markers, None, &tmp.path().join("f"))?;
     assert_same_tree(
         &no_times(snapshot(&k.dir)?),
