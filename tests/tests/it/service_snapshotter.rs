@@ -315,12 +315,37 @@ fn extraction_commits_become_layer_dirs_and_the_fast_path_reuses_them() {
             .mounts;
         assert_eq!(Path::new(&v[0].source), layer);
 
+        // The store's gc keeps a layer a snapshot holds.
+        let gc = std::process::Command::new(lamina_tests::bin("lamina"))
+            .arg("--root")
+            .arg(&root)
+            .arg("gc")
+            .output()
+            .unwrap();
+        assert!(
+            gc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&gc.stderr)
+        );
+        assert!(
+            layer.join("layer-file").exists(),
+            "lamina gc kept the snapshot's layer"
+        );
+
         // The layer dir lives until its last snapshot goes.
         c.remove(remove("ns2/v")).await.unwrap();
         c.remove(remove(&format!("ns1/2/{CHAIN}"))).await.unwrap();
-        assert!(layer.exists());
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert!(layer.exists(), "still used by ns2/1/extract-2");
         c.remove(remove("ns2/1/extract-2")).await.unwrap();
-        assert!(!layer.exists());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while layer.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the released layer was collected"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     });
     assert!(serve.alive(), "{}", serve.log());
 }

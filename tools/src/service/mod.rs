@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod filters;
+pub mod layers;
 pub mod snapshots;
 pub mod snapshotter;
 
@@ -38,8 +39,16 @@ pub struct Config {
 
 /// Serves both sockets until SIGINT or SIGTERM; removes the sockets on the way out.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let store = Arc::new(
+        lamina_store::Store::open(&config.root)
+            .with_context(|| format!("cannot open the store at {}", config.root.display()))?,
+    );
     let snapshots = Arc::new(
-        snapshots::Snapshots::open(&config.root, Box::new(|_| false)).with_context(|| {
+        snapshots::Snapshots::open(
+            &config.root,
+            Box::new(layers::StoreLayers::new(store.clone())),
+        )
+        .with_context(|| {
             format!(
                 "cannot open snapshot records under {}",
                 config.root.display()
@@ -60,7 +69,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             snap_listener,
         ));
     let api_state = Arc::new(api::State::new(
-        config.root.clone(),
+        store,
         snapshots,
         config.mount_roots.clone(),
     ));

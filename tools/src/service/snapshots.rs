@@ -122,6 +122,9 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// lamina's image store failed.
+    #[error("image store: {0}")]
+    Store(String),
     /// A file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -157,17 +160,57 @@ pub struct Snapshots {
     root: PathBuf,
     db_path: PathBuf,
     conn: Mutex<Connection>,
-    /// Tells whether lamina's image store uses a layer dir (then Remove keeps it).
-    layer_in_use: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    layers: Box<dyn LayerStore>,
+}
+
+/// Who else owns `layers/`: the snapshotter holds a reference on every layer
+/// dir a committed snapshot uses, so the image store's GC keeps it, and gives
+/// it back when the last such snapshot goes.
+pub trait LayerStore: Send + Sync {
+    /// Takes the snapshotter's reference on `chain_id`, then runs `place`
+    /// (which makes sure `layers/<hex>` exists) while the store cannot
+    /// collect it.
+    fn hold(&self, chain_id: &str, place: &mut dyn FnMut() -> Result<()>) -> Result<()>;
+    /// Drops the reference: the dir goes once nothing else uses it.
+    fn release(&self, chain_id: &str) -> Result<()>;
+    /// The chain ids the snapshotter holds references on.
+    fn held(&self) -> Result<Vec<String>> {
+        Ok(vec![])
+    }
+}
+
+/// Layer dirs owned by the snapshotter alone (no image store): released
+/// dirs are deleted at once. For tests of the records on their own.
+#[cfg(test)]
+pub struct OwnLayers {
+    /// The store root.
+    pub root: PathBuf,
+}
+
+#[cfg(test)]
+impl LayerStore for OwnLayers {
+    fn hold(&self, _chain_id: &str, place: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        place()
+    }
+
+    fn release(&self, chain_id: &str) -> Result<()> {
+        let hex = chain_id.strip_prefix("sha256:").unwrap_or(chain_id);
+        let layer = self.root.join("layers").join(hex);
+        // Renamed away first, so nobody sees a half-deleted layer.
+        let trash = self.root.join("snapshots").join(format!("removing-{hex}"));
+        match std::fs::rename(&layer, &trash) {
+            Ok(()) => remove_tree(&trash),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&layer)(e)),
+        }
+        Ok(())
+    }
 }
 
 impl Snapshots {
     /// Opens (creating if needed) the records under `root`, and finishes or
     /// undoes the directory work of operations a crash interrupted.
-    pub fn open(
-        root: &Path,
-        layer_in_use: Box<dyn Fn(&str) -> bool + Send + Sync>,
-    ) -> Result<Self> {
+    pub fn open(root: &Path, layers: Box<dyn LayerStore>) -> Result<Self> {
         for dir in [root.join("snapshots"), root.join("layers")] {
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
@@ -187,7 +230,7 @@ impl Snapshots {
             root: root.to_owned(),
             db_path: db_path.clone(),
             conn: Mutex::new(conn),
-            layer_in_use,
+            layers,
         };
         s.recover()?;
         Ok(s)
@@ -303,20 +346,40 @@ impl Snapshots {
             && parent.as_ref().is_none_or(|p| p.chain_id.is_some())
             && self.layer_dir(target).is_dir()
         {
-            conn.execute(
+            let layer = self.layer_dir(target);
+            let mut present = false;
+            self.layers.hold(target, &mut || {
+                present = layer.is_dir();
+                Ok(())
+            })?;
+            let users: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM snapshots WHERE chain_id = ?1",
+                    [target],
+                    |row| row.get(0),
+                )
+                .map_err(self.db())?;
+            if !present {
+                // Collected between the check and the hold: extract as usual.
+                if users == 0 {
+                    self.layers.release(target)?;
+                }
+            } else {
+                conn.execute(
                 "INSERT INTO snapshots (key, parent, kind, labels, chain_id, created_ns, updated_ns)
                  VALUES (?1, ?2, 3, ?3, ?4, ?5, ?5)",
                 params![key, parent.as_ref().map(|p| &p.key), labels_json(&labels), target, now],
             )
             .map_err(self.db())?;
-            tracing::info!(
-                key,
-                target,
-                "layer already in the store: committed without extraction"
-            );
-            return Err(Error::AlreadyExists(format!(
-                "target snapshot {target:?} already exists in lamina's store"
-            )));
+                tracing::info!(
+                    key,
+                    target,
+                    "layer already in the store: committed without extraction"
+                );
+                return Err(Error::AlreadyExists(format!(
+                    "target snapshot {target:?} already exists in lamina's store"
+                )));
+            }
         }
         let tx = conn.unchecked_transaction().map_err(self.db())?;
         tx.execute(
@@ -395,10 +458,10 @@ impl Snapshots {
         let committed = get(&conn, name)
             .map_err(self.db())?
             .ok_or_else(|| Error::NotFound(name.to_owned()))?;
-        drop(conn);
         if committed.chain_id.is_some() {
             self.adopt_upper(&committed)?;
         }
+        drop(conn);
         Ok(committed)
     }
 
@@ -412,14 +475,17 @@ impl Snapshots {
         let dir = self.snapshot_dir(r.id);
         let upper = dir.join("fs");
         let layer = self.layer_dir(chain);
-        if upper.exists() && !layer.exists() {
-            match std::fs::rename(&upper, &layer) {
-                Ok(()) => {}
-                // Someone else put the same layer there first: theirs wins.
-                Err(e) if layer.exists() => tracing::debug!("{}: {e}", layer.display()),
-                Err(e) => return Err(io_err(&layer)(e)),
+        self.layers.hold(chain, &mut || {
+            if upper.exists() && !layer.exists() {
+                match std::fs::rename(&upper, &layer) {
+                    Ok(()) => {}
+                    // Someone else put the same layer there first: theirs wins.
+                    Err(e) if layer.exists() => tracing::debug!("{}: {e}", layer.display()),
+                    Err(e) => return Err(io_err(&layer)(e)),
+                }
             }
-        }
+            Ok(())
+        })?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
         }
@@ -460,19 +526,9 @@ impl Snapshots {
                     |row| row.get(0),
                 )
                 .map_err(self.db())?;
-            if others == 0 && !(self.layer_in_use)(chain) {
-                // Renamed away under the lock, so neither a new snapshot nor the
-                // store sees a half-deleted layer.
-                let layer = self.layer_dir(chain);
-                let trash = self
-                    .root
-                    .join("snapshots")
-                    .join(format!("removing-{}", r.id));
-                match std::fs::rename(&layer, &trash) {
-                    Ok(()) => doomed.push(trash),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io_err(&layer)(e)),
-                }
+            if others == 0 {
+                // Under the lock: no snapshot can take the layer meanwhile.
+                self.layers.release(chain)?;
             }
         }
         Ok(doomed)
@@ -573,6 +629,17 @@ impl Snapshots {
             if r.kind == Kind::Committed && r.chain_id.is_some() && self.snapshot_dir(r.id).exists()
             {
                 self.adopt_upper(&r)?;
+            }
+        }
+        // References and rows agree again after a crash between the two.
+        let chains: std::collections::HashSet<String> =
+            self.referenced_chain_ids()?.into_iter().collect();
+        for chain in &chains {
+            self.layers.hold(chain, &mut || Ok(()))?;
+        }
+        for chain in self.layers.held()? {
+            if !chains.contains(&chain) {
+                self.layers.release(&chain)?;
             }
         }
         for dir in self.orphans()? {
@@ -696,7 +763,13 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path) -> Snapshots {
-        Snapshots::open(dir, Box::new(|_| false)).unwrap()
+        Snapshots::open(
+            dir,
+            Box::new(OwnLayers {
+                root: dir.to_owned(),
+            }),
+        )
+        .unwrap()
     }
 
     const CHAIN: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";

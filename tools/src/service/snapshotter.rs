@@ -160,7 +160,7 @@ fn status(e: snapshots::Error) -> tonic::Status {
         E::AlreadyExists(_) => tonic::Status::already_exists(msg),
         E::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
         E::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
-        E::Db { .. } | E::Io { .. } => {
+        E::Db { .. } | E::Io { .. } | E::Store(_) => {
             tracing::error!("{msg}");
             tonic::Status::internal(msg)
         }
