@@ -1,0 +1,83 @@
+#!/bin/bash
+# Pull-and-unpack benchmark from a loopback registry, side by side:
+#   lamina pull (release build, fresh --root each run)
+#   ctr images pull --plain-http (containerd with a temp config/root, started per run)
+#   skopeo copy docker:// oci: + umoci unpack
+# on the images built by /work/shared/bench/bench-images.sh (bench/debian: 1 layer,
+# bench/python: 2 layers). Prints the median of $RUNS runs per tool and the ratios
+# containerd/lamina and skopeo+umoci/lamina (higher = lamina faster).
+# Needs root, containerd + ctr, skopeo, umoci, docker-registry, bc.
+# Usage: bench/pull-bench.sh [IMAGE...]   (default: bench/debian bench/python)
+set -eu
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+PORT=${PORT:-5000}
+RUNS=${RUNS:-5}
+BENCH_IMAGES=${BENCH_IMAGES:-/work/shared/bench/bench-images.sh}
+IMAGES=("$@"); [ ${#IMAGES[@]} -gt 0 ] || IMAGES=(bench/debian bench/python)
+REG=127.0.0.1:$PORT
+
+PORT=$PORT bash "$BENCH_IMAGES" >/dev/null
+(cd "$HERE" && cargo build -q --release -p lamina)
+LAMINA=$HERE/target/release/lamina
+W=$(mktemp -d /tmp/pull-bench.XXXX)
+CTD_PID=
+cleanup() { [ -n "$CTD_PID" ] && kill "$CTD_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+run_lamina() { # image
+  local root=$W/lamina; rm -rf "$root"
+  local s e; s=$(now)
+  "$LAMINA" --root "$root" pull "$REG/$1" >/dev/null
+  e=$(now); rm -rf "$root"; echo "$e - $s" | bc
+}
+
+start_containerd() {
+  local d=$W/ctd; rm -rf "$d"; mkdir -p "$d"
+  cat > "$d/config.toml" <<CFG
+version = 2
+root = "$d/root"
+state = "$d/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$d/sock"
+[ttrpc]
+  address = "$d/sock.ttrpc"
+[debug]
+  address = "$d/debug.sock"
+[metrics]
+  address = ""
+CFG
+  containerd --config "$d/config.toml" >"$d/log" 2>&1 &
+  CTD_PID=$!
+  for _ in $(seq 1 100); do ctr --address "$d/sock" version >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "containerd did not start: $(tail -5 "$d/log")" >&2; exit 1
+}
+stop_containerd() { kill "$CTD_PID"; wait "$CTD_PID" 2>/dev/null || true; CTD_PID=; umount -R "$W/ctd/state" 2>/dev/null || true; rm -rf "$W/ctd"; }
+
+run_ctr() { # image
+  start_containerd
+  local s e; s=$(now)
+  ctr --address "$W/ctd/sock" images pull --plain-http "$REG/$1" >/dev/null
+  e=$(now); stop_containerd; echo "$e - $s" | bc
+}
+
+run_skopeo_umoci() { # image
+  local d=$W/su; rm -rf "$d"; mkdir -p "$d"
+  local s e; s=$(now)
+  skopeo copy -q --src-tls-verify=false "docker://$REG/$1" "oci:$d/oci:latest"
+  umoci unpack --image "$d/oci:latest" "$d/bundle" >/dev/null
+  e=$(now); rm -rf "$d"; echo "$e - $s" | bc
+}
+
+printf '%-14s %10s %10s %14s %12s %14s\n' image lamina containerd skopeo+umoci ctr/lamina skopeo/lamina
+for img in "${IMAGES[@]}"; do
+  for tool in lamina ctr skopeo_umoci; do
+    : > "$W/$tool.times"
+    for _ in $(seq 1 "$RUNS"); do "run_$tool" "$img:latest" >> "$W/$tool.times"; done
+  done
+  l=$(median < "$W/lamina.times"); c=$(median < "$W/ctr.times"); s=$(median < "$W/skopeo_umoci.times")
+  printf '%-14s %9.2fs %9.2fs %13.2fs %11.2fx %13.2fx\n' "$img" "$l" "$c" "$s" "$(echo "$c / $l" | bc -l)" "$(echo "$s / $l" | bc -l)"
+done
