@@ -1,6 +1,9 @@
 //! `lamina diff`: show a container's changes.
 
 use crate::context::Context;
+use anyhow::Context as _;
+use lamina_store::Store;
+use std::io::Write;
 
 /// Arguments of `lamina diff`.
 #[derive(clap::Args)]
@@ -9,7 +12,17 @@ pub struct Args {
     pub container: String,
 }
 
-/// Runs `lamina diff`.
-pub fn run(_ctx: &Context, _args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`lamina diff` is not implemented yet")
+/// Runs `lamina diff`: A/C/D lines like `docker diff`, from the upper layer alone.
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let store = Store::open(&ctx.root)
+        .with_context(|| format!("opening the store at {}", ctx.root.display()))?;
+    let c = store.container(&args.container)?;
+    let lowers = store.container_layer_dirs(&c)?;
+    let changes = lamina_store::archive::diff::diff(&c.upper_dir(), &lowers)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for ch in changes {
+        writeln!(out, "{ch}")?;
+    }
+    out.flush()?;
+    Ok(())
 }

@@ -1,18 +1,58 @@
 //! `lamina export`: export a flattened tree.
 
 use crate::context::Context;
+use anyhow::Context as _;
+use lamina_store::{Error, Store};
+use std::io::Write;
 
 /// Arguments of `lamina export`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image reference, or container id or name.
+    /// Container id or name, or image reference.
     pub target: String,
-    /// Output file.
+    /// Output file (`-` for stdout).
     #[arg(short, long)]
     pub output: std::path::PathBuf,
 }
 
-/// Runs `lamina export`.
-pub fn run(_ctx: &Context, _args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`lamina export` is not implemented yet")
+/// Runs `lamina export`: a container (its upper over its image) if one has
+/// that id or name, else an image.
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let store = Store::open(&ctx.root)
+        .with_context(|| format!("opening the store at {}", ctx.root.display()))?;
+    let layers = match store.container(&args.target) {
+        Ok(c) => {
+            let mut dirs = store.container_layer_dirs(&c)?;
+            dirs.push(c.upper_dir());
+            dirs
+        }
+        Err(Error::ContainerNotFound(_)) => {
+            let image = store.image(&args.target).with_context(|| {
+                format!("{:?} is neither a container nor an image", args.target)
+            })?;
+            store.image_layer_dirs(&image)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.output.as_os_str() == "-" {
+        lamina_store::archive::export::export_layers(&layers, std::io::stdout().lock())?.flush()?;
+        return Ok(());
+    }
+    let f = std::fs::File::create(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let result = lamina_store::archive::export::export_layers(&layers, f).and_then(|f| {
+        f.sync_all().map_err(|source| Error::Io {
+            path: args.output.clone(),
+            source,
+        })
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&args.output);
+        return Err(anyhow::Error::new(e).context(format!(
+            "exporting {} to {}",
+            args.target,
+            args.output.display()
+        )));
+    }
+    Ok(())
 }

@@ -1,16 +1,30 @@
 //! `lamina load`: load images from an archive.
 
 use crate::context::Context;
+use anyhow::Context as _;
+use lamina_store::Store;
 
 /// Arguments of `lamina load`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Input file.
+    /// Input file: a docker-archive (old or new layout) or an OCI archive.
     #[arg(short, long)]
     pub input: std::path::PathBuf,
 }
 
-/// Runs `lamina load`.
-pub fn run(_ctx: &Context, _args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`lamina load` is not implemented yet")
+/// Runs `lamina load`; prints what it loaded, as docker does.
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let store = Store::open(&ctx.root)
+        .with_context(|| format!("opening the store at {}", ctx.root.display()))?;
+    let loaded = lamina_store::archive::load::load_file(&store, &args.input)
+        .with_context(|| format!("loading {}", args.input.display()))?;
+    for img in loaded {
+        if img.names.is_empty() {
+            println!("Loaded image ID: {}", img.id);
+        }
+        for n in img.names {
+            println!("Loaded image: {n}");
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,398 @@
+//! Fixtures for the archive tests (commit, save, load, export, diff): tree
+//! snapshots to compare what peers unpack with what a container shows, a
+//! kernel overlayfs mount of a container, and wrappers around the `lamina`,
+//! `skopeo` and `umoci` command lines.
+
+use anyhow::{Context as _, Result, bail, ensure};
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// True when `cmd` is on PATH.
+pub fn have(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+/// True when running as root (mknod, trusted xattrs, mount).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Runs a command, failing with its stderr unless it succeeds.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Runs `lamina --root ROOT ARGS...`, failing unless it succeeds; returns stdout.
+pub fn lamina(root: &Path, args: &[&str]) -> Result<String> {
+    let out = run(Command::new(crate::bin("lamina"))
+        .arg("--root")
+        .arg(root)
+        .args(args))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `lamina --root ROOT ARGS...` expecting failure; returns stderr.
+pub fn lamina_fails(root: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(crate::bin("lamina"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()?;
+    ensure!(
+        !out.status.success(),
+        "lamina {args:?} succeeded but should have failed"
+    );
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// One node of a tree snapshot: everything a faithful copy must keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// `dir`, `file`, `symlink`, `char`, `block`, `fifo`, `socket`.
+    pub kind: &'static str,
+    /// Permission bits incl. setuid/setgid/sticky.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// File size (files), target (symlinks), rdev (devices).
+    pub detail: String,
+    /// sha256 of a file's content.
+    pub content: Option<String>,
+    /// Non-overlay xattrs, sorted.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// mtime of non-directories, seconds.
+    pub mtime: Option<i64>,
+}
+
+/// A tree snapshot: nodes by relative path, plus groups of hardlinked paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tree {
+    /// Every path below the root (the root itself excluded).
+    pub nodes: BTreeMap<String, Node>,
+    /// Sets (sorted) of paths sharing one inode, for files with several links in the tree.
+    pub links: Vec<Vec<String>>,
+}
+
+fn xattrs_of(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut names = vec![0u8; 65536];
+    let n = match rustix::fs::llistxattr(path, &mut names[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => 0,
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("listxattr {}", path.display()));
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let s = String::from_utf8_lossy(name).into_owned();
+        if s.starts_with("trusted.overlay.")
+            || s.starts_with("user.overlay.")
+            || s.starts_with("user.fuseoverlayfs.")
+            || s == "security.selinux"
+        {
+            continue;
+        }
+        let mut v = vec![0u8; 65536];
+        let len = rustix::fs::lgetxattr(path, OsStr::from_bytes(name), &mut v[..])
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("getxattr {s} {}", path.display()))?;
+        v.truncate(len);
+        out.push((s, v));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Snapshots the tree under `root` (not following symlinks).
+pub fn snapshot(root: &Path) -> Result<Tree> {
+    use sha2::Digest as _;
+    let mut nodes = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let e = e?;
+            let path = e.path();
+            let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
+            let m = path.symlink_metadata()?;
+            let ft = m.file_type();
+            let (kind, detail, content) = if ft.is_dir() {
+                stack.push(path.clone());
+                ("dir", String::new(), None)
+            } else if ft.is_symlink() {
+                (
+                    "symlink",
+                    std::fs::read_link(&path)?.to_string_lossy().into_owned(),
+                    None,
+                )
+            } else if ft.is_file() {
+                let mut h = sha2::Sha256::new();
+                let mut f = std::fs::File::open(&path)?;
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = std::io::Read::read(&mut f, &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                ("file", m.len().to_string(), Some(hex::encode(h.finalize())))
+            } else if ft.is_char_device() {
+                (
+                    "char",
+                    format!(
+                        "{}:{}",
+                        rustix::fs::major(m.rdev()),
+                        rustix::fs::minor(m.rdev())
+                    ),
+                    None,
+                )
+            } else if ft.is_block_device() {
+                (
+                    "block",
+                    format!(
+                        "{}:{}",
+                        rustix::fs::major(m.rdev()),
+                        rustix::fs::minor(m.rdev())
+                    ),
+                    None,
+                )
+            } else if ft.is_fifo() {
+                ("fifo", String::new(), None)
+            } else {
+                ("socket", String::new(), None)
+            };
+            if !ft.is_dir() && m.nlink() > 1 {
+                inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_default()
+                    .push(rel.clone());
+            }
+            let node = Node {
+                kind,
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+                detail,
+                content,
+                xattrs: xattrs_of(&path)?,
+                mtime: (!ft.is_dir() && !ft.is_symlink()).then(|| m.mtime()),
+            };
+            nodes.insert(rel, node);
+        }
+    }
+    let mut links: Vec<Vec<String>> = inodes
+        .into_values()
+        .filter(|v| v.len() > 1)
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .collect();
+    links.sort();
+    Ok(Tree { nodes, links })
+}
+
+/// Fails with a readable list of differences unless the trees are equal.
+pub fn assert_same_tree(expected: &Tree, actual: &Tree, what: &str) -> Result<()> {
+    let mut diffs = Vec::new();
+    for (p, n) in &expected.nodes {
+        match actual.nodes.get(p) {
+            None => diffs.push(format!("missing {p} ({})", n.kind)),
+            Some(a) if a != n => diffs.push(format!(
+                "differs {p}:\n   expected {n:?}\n   actual   {a:?}"
+            )),
+            _ => {}
+        }
+    }
+    for p in actual.nodes.keys() {
+        if !expected.nodes.contains_key(p) {
+            diffs.push(format!("unexpected {p}"));
+        }
+    }
+    if expected.links != actual.links {
+        diffs.push(format!(
+            "hardlink groups differ:\n   expected {:?}\n   actual   {:?}",
+            expected.links, actual.links
+        ));
+    }
+    if !diffs.is_empty() {
+        bail!(
+            "{what}: {} difference(s):\n{}",
+            diffs.len(),
+            diffs.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// A kernel overlayfs mount, unmounted on drop.
+pub struct OverlayMount {
+    /// Where it is mounted.
+    pub dir: PathBuf,
+}
+
+impl OverlayMount {
+    /// Mounts `lowers` (bottom-most first) with an optional (upper, work) pair at `dir`.
+    pub fn mount(
+        lowers: &[PathBuf],
+        upper: Option<(&Path, &Path)>,
+        dir: &Path,
+    ) -> Result<OverlayMount> {
+        std::fs::create_dir_all(dir)?;
+        let lower: Vec<String> = lowers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect();
+        let mut opts = format!("lowerdir={}", lower.join(":"));
+        if let Some((u, w)) = upper {
+            opts.push_str(&format!(
+                ",upperdir={},workdir={}",
+                u.display(),
+                w.display()
+            ));
+        }
+        // Plain overlayfs semantics: whiteouts and opaque dirs only, no redirects.
+        opts.push_str(",redirect_dir=off,index=off,metacopy=off");
+        if lowers.len() == 1 && upper.is_none() {
+            // overlayfs needs two layers without an upper; bind-mount one read-only instead.
+            run(Command::new("mount")
+                .args(["--bind", "-o", "ro"])
+                .arg(&lowers[0])
+                .arg(dir))?;
+        } else {
+            run(Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &opts])
+                .arg(dir))?;
+        }
+        Ok(OverlayMount {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+/// Whether kernel overlayfs can be mounted here (root and the module present).
+pub fn kernel_overlay_available() -> bool {
+    is_root() && std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("overlay"))
+}
+
+/// Unpacks `image` of the OCI layout `layout` with umoci; returns the rootfs.
+pub fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> Result<PathBuf> {
+    run(Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(bundle))?;
+    Ok(bundle.join("rootfs"))
+}
+
+/// `skopeo copy SRC DST` (quiet).
+pub fn skopeo_copy(src: &str, dst: &str) -> Result<()> {
+    run(Command::new("skopeo").args(["copy", "-q", src, dst]))?;
+    Ok(())
+}
+
+/// Extracts a tar (as root: owners, modes, devices, xattrs kept) into `dir`.
+pub fn extract_tar(tar: &Path, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    run(Command::new("tar")
+        .args([
+            "--xattrs",
+            "--xattrs-include=*",
+            "--same-owner",
+            "--numeric-owner",
+            "-xpf",
+        ])
+        .arg(tar)
+        .arg("-C")
+        .arg(dir))?;
+    Ok(())
+}
+
+/// Makes an OCI layout with one image `tag` whose rootfs is built by `fill`
+/// (umoci new + unpack + repack). Returns the layout dir.
+pub fn umoci_image(
+    work: &Path,
+    tag: &str,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let layout = work.join("layout");
+    if !layout.join("index.json").exists() {
+        run(Command::new("umoci")
+            .arg("init")
+            .arg("--layout")
+            .arg(&layout))?;
+    }
+    let image = format!("{}:{tag}", layout.display());
+    run(Command::new("umoci").args(["new", "--image", &image]))?;
+    let bundle = work.join(format!("bundle-{tag}"));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle))?;
+    fill(&bundle.join("rootfs"))?;
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle))?;
+    Ok(layout)
+}
+
+/// Writes `data` at `offset` of a file of `size` bytes with holes elsewhere.
+pub fn sparse_file(path: &Path, size: u64, chunks: &[(u64, &[u8])]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path)?;
+    f.set_len(size)?;
+    for (off, data) in chunks {
+        f.write_at(data, *off)?;
+    }
+    Ok(())
+}
+
+/// Sets an xattr (not following symlinks).
+pub fn setxattr(path: &Path, name: &str, value: &[u8]) -> Result<()> {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty())
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("setxattr {name} on {}", path.display()))
+}
+
+/// Makes a device node or fifo.
+pub fn mknod(
+    path: &Path,
+    kind: rustix::fs::FileType,
+    mode: u32,
+    major: u32,
+    minor: u32,
+) -> Result<()> {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        kind,
+        rustix::fs::Mode::from_raw_mode(mode),
+        rustix::fs::makedev(major, minor),
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("mknod {}", path.display()))
+}
