@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   pkg-config libssl-dev libfuse3-dev fuse3 protobuf-compiler   # building
-  docker-registry apache2-utils                                  # registry tests (htpasswd)
+  docker-registry apache2-utils openssl                          # registry tests (htpasswd, token issuer key)
   skopeo umoci                                                   # interop judges
   fuse-overlayfs attr acl pigz zstd bc                           # overlay comparison, fixtures
   containerd runc                                                # snapshotter tests
