@@ -18,3 +18,4 @@ mod overlay_stress;
 mod overlay_layers;
 mod overlay_programs;
 mod overlay_pjdfstest;
+mod overlay_cli;

@@ -1,0 +1,116 @@
+//! `lamina create/ps/mount/umount/rm` end to end: a container mount is
+//! read-write and persists across remounts, an image mount is read-only,
+//! `umount` cleans up after a killed server with the upper dir intact, and
+//! `--driver kernel` mounts the same layers with kernel overlayfs.
+
+use anyhow::{Context as _, Result, ensure};
+use lamina_tests::overlay::{fuse_available, kernel_overlay_available, run};
+use std::path::Path;
+use std::process::Command;
+
+fn lamina(root: &Path, args: &[&str]) -> Result<String> {
+    let out = run(Command::new(lamina_tests::bin("lamina"))
+        .arg("--root")
+        .arg(root)
+        .args(args))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn lamina_err(root: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(lamina_tests::bin("lamina"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()?;
+    ensure!(!out.status.success(), "lamina {args:?} should have failed");
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn container_mount_lifecycle() -> Result<()> {
+    if !fuse_available() {
+        eprintln!("SKIP overlay_cli: needs root and /dev/fuse");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("store");
+    let rootfs = tmp.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc"))?;
+    std::fs::write(rootfs.join("etc/os"), "lamina-test\n")?;
+    let tar = tmp.path().join("rootfs.tar");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("."))?;
+    let root_s = root.to_str().unwrap();
+    lamina(&root, &["import", tar.to_str().unwrap(), "test/cli:1"])
+        .context("lamina import (needed for this test)")?;
+
+    let id = lamina(&root, &["create", "test/cli:1", "--name", "web"])?
+        .trim()
+        .to_string();
+    ensure!(id.len() == 64, "create prints the container id, got {id:?}");
+    let ps: serde_json::Value = serde_json::from_str(&lamina(&root, &["ps", "--format", "json"])?)?;
+    ensure!(
+        ps[0]["id"] == id.as_str() && ps[0]["name"] == "web",
+        "ps lists the container: {ps}"
+    );
+
+    let mnt = tmp.path().join("mnt");
+    let m = mnt.to_str().unwrap();
+    lamina(&root, &["mount", "web", m])?;
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("etc/os"))?,
+        "lamina-test\n"
+    );
+    std::fs::write(mnt.join("etc/os"), "changed\n")?;
+    std::fs::write(mnt.join("new"), "new file\n")?;
+    ensure!(
+        lamina_err(&root, &["rm", "web"])?.contains("umount"),
+        "rm refuses a mounted container"
+    );
+    lamina(&root, &["umount", m])?;
+    ensure!(!mnt.join("new").exists(), "unmounted");
+
+    // Remount: the writes persisted; then kill the server and clean up.
+    lamina(&root, &["mount", &id[..12], m])?;
+    assert_eq!(std::fs::read_to_string(mnt.join("etc/os"))?, "changed\n");
+    let rec = std::fs::read_dir(root.join("mounts"))?
+        .filter_map(|e| e.ok())
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .context("mount record")?;
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(rec.path())?)?;
+    let pid = rec["pid"].as_u64().context("server pid")?;
+    run(Command::new("kill").arg("-9").arg(pid.to_string()))?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    lamina(&root, &["umount", m]).context("umount after the server died")?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    ensure!(!mounts.contains(m), "the dead mount is gone");
+    let upper = root.join("containers").join(&id).join("upper");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("new"))?,
+        "new file\n",
+        "upper dir intact"
+    );
+
+    // Image mounts are read-only.
+    lamina(&root, &["mount", "test/cli:1", m])?;
+    let err = std::fs::write(mnt.join("x"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    lamina(&root, &["umount", m])?;
+
+    if kernel_overlay_available() {
+        lamina(&root, &["mount", "web", m, "--driver", "kernel"])?;
+        assert_eq!(std::fs::read_to_string(mnt.join("etc/os"))?, "changed\n");
+        lamina(&root, &["umount", m])?;
+    }
+    lamina(&root, &["rm", "web"])?;
+    ensure!(
+        lamina(&root, &["ps"])?.lines().count() == 1,
+        "rm removed the container"
+    );
+    let _ = root_s;
+    Ok(())
+}
