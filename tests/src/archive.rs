@@ -1,13 +1,9 @@
 //! Fixtures for the archive tests (commit, save, load, export, diff): tree
-//! snapshots to compare what peers unpack with what a container shows, a
-//! kernel overlayfs mount of a container, and wrappers around the `lamina`,
-//! `skopeo` and `umoci` command lines.
+//! snapshots (from [`crate::tree`]) to compare what peers unpack with what a
+//! container shows, a kernel overlayfs mount of a container, and wrappers
+//! around the `lamina`, `skopeo` and `umoci` command lines.
 
 use anyhow::{Context as _, Result, bail, ensure};
-use std::collections::BTreeMap;
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -59,188 +55,18 @@ pub fn lamina_fails(root: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// One node of a tree snapshot: everything a faithful copy must keep.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
-    /// `dir`, `file`, `symlink`, `char`, `block`, `fifo`, `socket`.
-    pub kind: &'static str,
-    /// Permission bits incl. setuid/setgid/sticky.
-    pub mode: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// File size (files), target (symlinks), rdev (devices).
-    pub detail: String,
-    /// sha256 of a file's content.
-    pub content: Option<String>,
-    /// Non-overlay xattrs, sorted.
-    pub xattrs: Vec<(String, Vec<u8>)>,
-    /// mtime of non-directories, seconds.
-    pub mtime: Option<i64>,
-}
+/// A tree snapshot (see [`crate::tree`]).
+pub use crate::tree::Snapshot as Tree;
 
-/// A tree snapshot: nodes by relative path, plus groups of hardlinked paths.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tree {
-    /// Every path below the root (the root itself excluded).
-    pub nodes: BTreeMap<String, Node>,
-    /// Sets (sorted) of paths sharing one inode, for files with several links in the tree.
-    pub links: Vec<Vec<String>>,
-}
-
-fn xattrs_of(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut names = vec![0u8; 65536];
-    let n = match rustix::fs::llistxattr(path, &mut names[..]) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::NOTSUP) => 0,
-        Err(e) => {
-            return Err(std::io::Error::from(e))
-                .with_context(|| format!("listxattr {}", path.display()));
-        }
-    };
-    let mut out = Vec::new();
-    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let s = String::from_utf8_lossy(name).into_owned();
-        if s.starts_with("trusted.overlay.")
-            || s.starts_with("user.overlay.")
-            || s.starts_with("user.fuseoverlayfs.")
-            || s == "security.selinux"
-        {
-            continue;
-        }
-        let mut v = vec![0u8; 65536];
-        let len = rustix::fs::lgetxattr(path, OsStr::from_bytes(name), &mut v[..])
-            .map_err(std::io::Error::from)
-            .with_context(|| format!("getxattr {s} {}", path.display()))?;
-        v.truncate(len);
-        out.push((s, v));
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Snapshots the tree under `root` (not following symlinks).
+/// Snapshots the tree under `root` with [`crate::tree`]'s default options
+/// (nanosecond mtimes of everything but dirs, xattrs, hardlink groups).
 pub fn snapshot(root: &Path) -> Result<Tree> {
-    use sha2::Digest as _;
-    let mut nodes = BTreeMap::new();
-    let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let e = e?;
-            let path = e.path();
-            let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
-            let m = path.symlink_metadata()?;
-            let ft = m.file_type();
-            let (kind, detail, content) = if ft.is_dir() {
-                stack.push(path.clone());
-                ("dir", String::new(), None)
-            } else if ft.is_symlink() {
-                (
-                    "symlink",
-                    std::fs::read_link(&path)?.to_string_lossy().into_owned(),
-                    None,
-                )
-            } else if ft.is_file() {
-                let mut h = sha2::Sha256::new();
-                let mut f = std::fs::File::open(&path)?;
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = std::io::Read::read(&mut f, &mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                }
-                ("file", m.len().to_string(), Some(hex::encode(h.finalize())))
-            } else if ft.is_char_device() {
-                (
-                    "char",
-                    format!(
-                        "{}:{}",
-                        rustix::fs::major(m.rdev()),
-                        rustix::fs::minor(m.rdev())
-                    ),
-                    None,
-                )
-            } else if ft.is_block_device() {
-                (
-                    "block",
-                    format!(
-                        "{}:{}",
-                        rustix::fs::major(m.rdev()),
-                        rustix::fs::minor(m.rdev())
-                    ),
-                    None,
-                )
-            } else if ft.is_fifo() {
-                ("fifo", String::new(), None)
-            } else {
-                ("socket", String::new(), None)
-            };
-            if !ft.is_dir() && m.nlink() > 1 {
-                inodes
-                    .entry((m.dev(), m.ino()))
-                    .or_default()
-                    .push(rel.clone());
-            }
-            let node = Node {
-                kind,
-                mode: m.mode() & 0o7777,
-                uid: m.uid(),
-                gid: m.gid(),
-                detail,
-                content,
-                xattrs: xattrs_of(&path)?,
-                mtime: (!ft.is_dir() && !ft.is_symlink()).then(|| m.mtime()),
-            };
-            nodes.insert(rel, node);
-        }
-    }
-    let mut links: Vec<Vec<String>> = inodes
-        .into_values()
-        .filter(|v| v.len() > 1)
-        .map(|mut v| {
-            v.sort();
-            v
-        })
-        .collect();
-    links.sort();
-    Ok(Tree { nodes, links })
+    crate::tree::snapshot(root, crate::tree::Options::default())
 }
 
 /// Fails with a readable list of differences unless the trees are equal.
 pub fn assert_same_tree(expected: &Tree, actual: &Tree, what: &str) -> Result<()> {
-    let mut diffs = Vec::new();
-    for (p, n) in &expected.nodes {
-        match actual.nodes.get(p) {
-            None => diffs.push(format!("missing {p} ({})", n.kind)),
-            Some(a) if a != n => diffs.push(format!(
-                "differs {p}:\n   expected {n:?}\n   actual   {a:?}"
-            )),
-            _ => {}
-        }
-    }
-    for p in actual.nodes.keys() {
-        if !expected.nodes.contains_key(p) {
-            diffs.push(format!("unexpected {p}"));
-        }
-    }
-    if expected.links != actual.links {
-        diffs.push(format!(
-            "hardlink groups differ:\n   expected {:?}\n   actual   {:?}",
-            expected.links, actual.links
-        ));
-    }
-    if !diffs.is_empty() {
-        bail!(
-            "{what}: {} difference(s):\n{}",
-            diffs.len(),
-            diffs.join("\n")
-        );
-    }
-    Ok(())
+    crate::tree::assert_same(expected, actual, what)
 }
 
 /// A kernel overlayfs mount, unmounted on drop.

@@ -251,7 +251,7 @@ fn every_kind_of_change_survives_commit_save_skopeo_umoci() -> Result<()> {
         "no capability"
     );
     ensure!(
-        view.links
+        view.hardlinks
             .iter()
             .any(|g| g.contains(&"data/big-link".to_string())),
         "no hardlink group"
