@@ -72,13 +72,13 @@ impl Store {
         let _lease = self.lease()?;
         let record = self.image(image)?;
         self.image_layer_dirs(&record)?;
-        if let Some(n) = name {
-            if !valid_name(n) {
-                return Err(Error::InvalidReference {
-                    reference: n.to_string(),
-                    reason: "container names are [a-zA-Z0-9][a-zA-Z0-9_.-]*".into(),
-                });
-            }
+        if let Some(n) = name
+            && !valid_name(n)
+        {
+            return Err(Error::InvalidReference {
+                reference: n.to_string(),
+                reason: "container names are [a-zA-Z0-9][a-zA-Z0-9_.-]*".into(),
+            });
         }
         let id = format!(
             "{:016x}{:016x}{:016x}{:016x}",

@@ -109,14 +109,14 @@ impl ContentStore {
     /// Stores `data`, verifying it against `expected` if given; returns its digest.
     pub fn put(&self, data: &[u8], expected: Option<&Digest>) -> Result<Digest> {
         let digest = Digest::of(data);
-        if let Some(exp) = expected {
-            if *exp != digest {
-                return Err(Error::DigestMismatch {
-                    what: "blob".into(),
-                    expected: exp.clone(),
-                    actual: digest,
-                });
-            }
+        if let Some(exp) = expected
+            && *exp != digest
+        {
+            return Err(Error::DigestMismatch {
+                what: "blob".into(),
+                expected: exp.clone(),
+                actual: digest,
+            });
         }
         if self.info(&digest)? == Some(data.len() as u64) {
             return Ok(digest);
@@ -163,10 +163,10 @@ impl ContentStore {
         let lease = FileLock::lock(&self.gc_lock, LockMode::Shared)?;
         let dir = self.ingest.join(Digest::of(key.as_bytes()).hex());
         loop {
-            if let Some((d, size)) = &expected {
-                if self.info(d)? == Some(*size) {
-                    return Ok(Ingest::present(key, dir, d.clone(), *size, lease));
-                }
+            if let Some((d, size)) = &expected
+                && self.info(d)? == Some(*size)
+            {
+                return Ok(Ingest::present(key, dir, d.clone(), *size, lease));
             }
             fs::create_dir_all(&dir).at(&dir)?;
             let lock_path = dir.join("lock");
@@ -185,10 +185,10 @@ impl ContentStore {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.blobs).at(&self.blobs)? {
             let entry = entry.at(&self.blobs)?;
-            if let Some(name) = entry.file_name().to_str() {
-                if let Ok(d) = Digest::from_hex(name) {
-                    out.push(d);
-                }
+            if let Some(name) = entry.file_name().to_str()
+                && let Ok(d) = Digest::from_hex(name)
+            {
+                out.push(d);
             }
         }
         Ok(out)
@@ -339,13 +339,13 @@ impl Ingest {
         // Rehash what is there: the partial data is only trusted through its hash.
         let mut hasher = Sha256::new();
         let mut offset = hash_into(&mut file, &mut hasher).at(&data)?;
-        if let Some((_, size)) = &expected {
-            if offset > *size {
-                file.set_len(0).at(&data)?;
-                file.rewind().at(&data)?;
-                hasher = Sha256::new();
-                offset = 0;
-            }
+        if let Some((_, size)) = &expected
+            && offset > *size
+        {
+            file.set_len(0).at(&data)?;
+            file.rewind().at(&data)?;
+            hasher = Sha256::new();
+            offset = 0;
         }
         Ok(Ingest {
             key: key.into(),
@@ -440,13 +440,13 @@ impl Write for Ingest {
             // The blob is already present: the data is not needed.
             return Ok(buf.len());
         };
-        if let Some((_, size)) = &self.expected {
-            if self.offset + buf.len() as u64 > *size {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("ingest {}: more than the expected {size} bytes", self.key),
-                ));
-            }
+        if let Some((_, size)) = &self.expected
+            && self.offset + buf.len() as u64 > *size
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("ingest {}: more than the expected {size} bytes", self.key),
+            ));
         }
         let n = out.write(buf)?;
         self.hasher.update(&buf[..n]);

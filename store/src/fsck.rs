@@ -100,11 +100,11 @@ impl Store {
                     self.layer_dir(&l.chain_id).display()
                 ));
             }
-            if let Some(p) = &l.parent {
-                if self.layer(p)?.is_none() {
-                    r.problems
-                        .push(format!("layer {}: parent layer {p} is missing", l.chain_id));
-                }
+            if let Some(p) = &l.parent
+                && self.layer(p)?.is_none()
+            {
+                r.problems
+                    .push(format!("layer {}: parent layer {p} is missing", l.chain_id));
             }
         }
         for c in self.containers()? {

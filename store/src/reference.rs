@@ -65,12 +65,12 @@ pub fn normalize(reference: &str) -> Result<String> {
             "repository names are lowercase letters, digits and separators (. _ -) between them",
         ));
     }
-    if let Some(t) = tag {
-        if !valid_tag(t) {
-            return Err(bad(
-                "a tag is 1-128 of [A-Za-z0-9_.-], not starting with . or -",
-            ));
-        }
+    if let Some(t) = tag
+        && !valid_tag(t)
+    {
+        return Err(bad(
+            "a tag is 1-128 of [A-Za-z0-9_.-], not starting with . or -",
+        ));
     }
     let mut out = format!("{domain}/{path}");
     match (tag, &digest) {

@@ -249,11 +249,11 @@ impl Store {
                 self.blob_diff_id(blob)?
             }
         };
-        if let Some(diff) = &known {
-            if let Some(info) = self.layer(&chain_id(parent, diff))? {
-                self.record_layer_blob(blob, diff, media_type)?;
-                return Ok(info);
-            }
+        if let Some(diff) = &known
+            && let Some(info) = self.layer(&chain_id(parent, diff))?
+        {
+            self.record_layer_blob(blob, diff, media_type)?;
+            return Ok(info);
         }
         let file = self.content.open(blob)?;
         let info = self.unpack_layer(parent, known.as_ref(), file, name_for_errors)?;

@@ -148,7 +148,11 @@ pub(crate) fn human_ago(created: Option<&str>) -> String {
         _ => (s / 31536000, "year"),
     };
     if n == 1 {
-        format!("{} {unit} ago", if unit == "hour" { "An" } else { "1" })
+        if unit == "hour" {
+            "About an hour ago".to_string()
+        } else {
+            format!("1 {unit} ago")
+        }
     } else {
         format!("{n} {unit}s ago")
     }
