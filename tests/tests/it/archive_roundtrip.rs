@@ -444,3 +444,44 @@ fn several_images_share_blobs_in_one_save() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn every_kind_of_change_through_a_lamina_mount_survives_commit_and_save() -> Result<()> {
+    let test = "every_kind_of_change_through_a_lamina_mount_survives_commit_and_save";
+    if !prerequisites(test) {
+        return Ok(());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIP {test}: /dev/fuse is missing (CI has it)");
+        return Ok(());
+    }
+    let e = env()?;
+    let base = load_base(&e)?;
+    let cid = lamina(&e.root, &["create", &base])?.trim().to_string();
+    let mnt = e.work.join("lamina-mnt");
+    lamina(&e.root, &["mount", &cid, mnt.to_str().unwrap()])?;
+    let changed = change_everything(&mnt).and_then(|()| snapshot(&mnt));
+    lamina(&e.root, &["umount", mnt.to_str().unwrap()])?;
+    let view = changed?;
+    // What the FUSE driver left in the upper dir reads the same through kernel overlayfs.
+    {
+        let store = Store::open(&e.root)?;
+        let c = store.container(&cid)?;
+        let lowers = store.container_layer_dirs(&c)?;
+        drop(store);
+        let k = OverlayMount::mount(
+            &lowers,
+            Some((&c.upper_dir(), &c.work_dir())),
+            &e.work.join("kernel-mnt"),
+        )?;
+        assert_same_tree(
+            &view,
+            &snapshot(&k.dir)?,
+            "lamina mount vs kernel overlayfs over the same upper",
+        )?;
+    }
+    lamina(&e.root, &["commit", &cid, "localhost/fuse-committed:1"])?;
+    peers_see(&e, "localhost/fuse-committed:1", &view, "fuse")?;
+    export_is(&e, &cid, &view, "fuse-container")?;
+    Ok(())
+}
