@@ -363,8 +363,8 @@ pub fn http_raw(socket: &Path, request: &[u8]) -> Result<Vec<u8>> {
     let mut s =
         UnixStream::connect(socket).with_context(|| format!("connecting {}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    s.write_all(request)?;
-    let _ = s.shutdown(std::net::Shutdown::Write);
+    // A server may answer (413) and close before reading all of a big body.
+    let _ = s.write_all(request);
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
     Ok(out)

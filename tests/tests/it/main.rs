@@ -8,6 +8,7 @@ mod archive_roundtrip;
 mod service_containerd;
 mod overlay_compare;
 mod service_snapshotter;
+mod service_api;
 mod store_commands;
 mod store_gc;
 mod store_concurrency;
