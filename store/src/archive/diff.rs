@@ -103,13 +103,14 @@ fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Res
         });
         if meta.is_dir() {
             let below = match found {
-                Lookup::Found(i, ref lm) if lm.is_dir() && !fsentry::dir_is_opaque(&path)? => {
-                    child_dirs(lowers, &listings, i, name)?
-                }
-                Lookup::Found(_, ref lm) if lm.is_dir() => {
-                    // Opaque: everything the image had below is gone.
-                    hidden_children(lowers, &listings, i_of(&found), name, &at.join(name), out)?;
-                    Vec::new()
+                Lookup::Found(i, ref lm) if lm.is_dir() => {
+                    if fsentry::dir_is_opaque(&path)? {
+                        // Opaque: what the image had below is gone, except names made again.
+                        hidden_children(lowers, &listings, i, name, &path, &at.join(name), out)?;
+                        Vec::new()
+                    } else {
+                        child_dirs(lowers, &listings, i, name)?
+                    }
                 }
                 _ => Vec::new(),
             };
@@ -125,19 +126,14 @@ fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Res
     Ok(())
 }
 
-fn i_of(l: &Lookup) -> usize {
-    match l {
-        Lookup::Found(i, _) => *i,
-        Lookup::Absent => 0,
-    }
-}
-
-/// Reports `D` for each entry the image had directly in a dir the container made opaque.
+/// Reports `D` for each entry the image had directly in a dir the container
+/// made opaque (at `upper_dir`), unless the container made that name again.
 fn hidden_children(
     lowers: &[PathBuf],
     listings: &[Listing],
     from: usize,
     name: &OsStr,
+    upper_dir: &Path,
     at: &Path,
     out: &mut Vec<Change>,
 ) -> Result<()> {
@@ -155,6 +151,9 @@ fn hidden_children(
     names.sort();
     names.dedup();
     for n in names {
+        if upper_dir.join(&n).symlink_metadata().is_ok() {
+            continue;
+        }
         if let Lookup::Found(..) = lookup(&dirs, &child_listings, &n)? {
             out.push(Change {
                 kind: ChangeKind::Deleted,
@@ -181,6 +180,7 @@ mod tests {
         std::fs::write(l1.join("etc/passwd"), b"p").unwrap();
         std::fs::write(l1.join("var/lib/x"), b"x").unwrap();
         std::fs::write(l1.join("opt/o/1"), b"1").unwrap();
+        std::fs::write(l1.join("opt/o/3"), b"3").unwrap();
         for d in ["etc", "newdir/sub", "opt/o"] {
             std::fs::create_dir_all(up.join(d)).unwrap();
         }
@@ -189,6 +189,7 @@ mod tests {
         std::fs::write(up.join("newdir/sub/f"), b"").unwrap();
         std::fs::write(up.join("opt/o/.wh..wh..opq"), b"").unwrap();
         std::fs::write(up.join("opt/o/2"), b"2").unwrap();
+        std::fs::write(up.join("opt/o/3"), b"made again").unwrap();
         std::fs::write(up.join("var"), b"dir replaced by a file").unwrap();
         let got: Vec<String> = diff(&up, &[l1])
             .unwrap()
@@ -208,6 +209,7 @@ mod tests {
                 "C /opt/o",
                 "D /opt/o/1",
                 "A /opt/o/2",
+                "A /opt/o/3",
                 "C /var",
             ]
         );

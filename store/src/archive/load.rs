@@ -169,15 +169,15 @@ pub fn load<R: Read>(
         let mut entry = entry.map_err(read_err)?;
         let path = clean_path(archive, &entry.path_bytes())?;
         let size = entry.size();
-        if let Some(total) = archive_len {
-            if size > total {
-                return Err(bad(
-                    archive,
-                    format!(
-                        "entry {path:?} claims {size} bytes, more than the whole archive ({total}); the archive is corrupt"
-                    ),
-                ));
-            }
+        if let Some(total) = archive_len
+            && size > total
+        {
+            return Err(bad(
+                archive,
+                format!(
+                    "entry {path:?} claims {size} bytes, more than the whole archive ({total}); the archive is corrupt"
+                ),
+            ));
         }
         let ty = entry.header().entry_type();
         if ty.is_symlink() || ty.is_hard_link() {
@@ -317,27 +317,27 @@ fn plan_oci(
     let index = parse_json(archive, "index.json", &meta["index.json"])?;
     // RepoTags from a docker manifest.json alongside (docker >= 25), by config digest.
     let mut tags_by_config: HashMap<String, Vec<String>> = HashMap::new();
-    if let Some(m) = meta.get("manifest.json") {
-        if let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(m) {
-            for it in items {
-                let cfg = it["Config"]
-                    .as_str()
-                    .unwrap_or("")
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or("")
-                    .trim_end_matches(".json")
-                    .to_string();
-                let tags = it["RepoTags"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|t| t.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                tags_by_config.insert(cfg, tags);
-            }
+    if let Some(m) = meta.get("manifest.json")
+        && let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(m)
+    {
+        for it in items {
+            let cfg = it["Config"]
+                .as_str()
+                .unwrap_or("")
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .trim_end_matches(".json")
+                .to_string();
+            let tags = it["RepoTags"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            tags_by_config.insert(cfg, tags);
         }
     }
     let mut plans: Vec<Plan> = Vec::new();
@@ -367,12 +367,11 @@ fn plan_oci(
             } else {
                 (digest, None)
             };
-        if names.is_empty() {
-            if let Ok((m, _)) = store.manifest(&manifest) {
-                if let Some(t) = tags_by_config.get(m.config.digest.hex()) {
-                    names.extend(t.iter().cloned());
-                }
-            }
+        if names.is_empty()
+            && let Ok((m, _)) = store.manifest(&manifest)
+            && let Some(t) = tags_by_config.get(m.config.digest.hex())
+        {
+            names.extend(t.iter().cloned());
         }
         match plans.iter_mut().find(|p| p.manifest == manifest) {
             Some(p) => p.names.extend(names),
@@ -556,16 +555,14 @@ fn check_image(store: &Store, archive: &Path, manifest: &Digest) -> Result<()> {
         // An uncompressed layer's digest is its diff id; catch a lying config early.
         let uncompressed = l.media_type == media_types::OCI_LAYER_TAR
             || l.media_type == "application/vnd.docker.image.rootfs.diff.tar";
-        if uncompressed {
-            if l.digest != *diff {
-                return Err(bad(
-                    archive,
-                    format!(
-                        "uncompressed layer {} does not match its diff id {diff}",
-                        l.digest
-                    ),
-                ));
-            }
+        if uncompressed && l.digest != *diff {
+            return Err(bad(
+                archive,
+                format!(
+                    "uncompressed layer {} does not match its diff id {diff}",
+                    l.digest
+                ),
+            ));
         }
     }
     Ok(())
