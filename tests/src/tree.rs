@@ -7,12 +7,13 @@
 //! same tree as `umoci unpack`, and reusable for any "same tree" check.
 
 use anyhow::{Context as _, Result, bail};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Read as _;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 /// What a snapshot records besides names, types and content.
@@ -80,14 +81,25 @@ pub fn is_overlay_xattr(name: &str) -> bool {
 
 /// The xattrs of `path` (not followed), overlay bookkeeping excluded.
 pub fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("open {}", path.display()))?;
+    xattrs_of_fd(&fd).with_context(|| format!("xattrs of {}", path.display()))
+}
+
+/// The xattrs of the inode behind an `O_PATH` fd, through its /proc magic
+/// link (which reaches the inode itself, even a symlink's).
+fn xattrs_of_fd(fd: &OwnedFd) -> Result<Vec<(String, Vec<u8>)>> {
+    let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
     let mut names = vec![0u8; 1 << 16];
-    let n = match rustix::fs::llistxattr(path, &mut names[..]) {
+    let n = match rustix::fs::listxattr(proc.as_str(), &mut names[..]) {
         Ok(n) => n,
         Err(rustix::io::Errno::NOTSUP) => 0,
-        Err(e) => {
-            return Err(std::io::Error::from(e))
-                .with_context(|| format!("listxattr {}", path.display()));
-        }
+        Err(e) => return Err(std::io::Error::from(e)).context("listxattr"),
     };
     let mut out = Vec::new();
     for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
@@ -96,9 +108,9 @@ pub fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
             continue;
         }
         let mut v = vec![0u8; 1 << 16];
-        let len = rustix::fs::lgetxattr(path, OsStr::from_bytes(name), &mut v[..])
+        let len = rustix::fs::getxattr(proc.as_str(), OsStr::from_bytes(name), &mut v[..])
             .map_err(std::io::Error::from)
-            .with_context(|| format!("getxattr {s} {}", path.display()))?;
+            .with_context(|| format!("getxattr {s}"))?;
         v.truncate(len);
         out.push((s, v));
     }
@@ -106,92 +118,143 @@ pub fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
-fn node(path: &Path, m: &std::fs::Metadata, opts: &Options) -> Result<Node> {
-    let ft = m.file_type();
-    let (kind, detail, size) = if ft.is_dir() {
-        ("dir", String::new(), 0)
-    } else if ft.is_symlink() {
-        (
-            "symlink",
-            String::from_utf8_lossy(std::fs::read_link(path)?.as_os_str().as_bytes()).into_owned(),
-            0,
-        )
-    } else if ft.is_file() {
-        let mut h = sha2::Sha256::new();
-        let mut f =
-            std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        ("file", hex::encode(h.finalize()), m.len())
-    } else {
-        let dev = format!(
+fn node(dir: BorrowedFd<'_>, name: &OsStr, st: &rustix::fs::Stat, opts: &Options) -> Result<Node> {
+    let ft = FileType::from_raw_mode(st.st_mode);
+    let dev = || {
+        format!(
             "{}:{}",
-            rustix::fs::major(m.rdev()),
-            rustix::fs::minor(m.rdev())
-        );
-        if ft.is_char_device() {
-            ("char", dev, 0)
-        } else if ft.is_block_device() {
-            ("block", dev, 0)
-        } else if ft.is_fifo() {
-            ("fifo", String::new(), 0)
-        } else {
-            ("socket", String::new(), 0)
+            rustix::fs::major(st.st_rdev),
+            rustix::fs::minor(st.st_rdev)
+        )
+    };
+    let (kind, detail, size) = match ft {
+        FileType::Directory => ("dir", String::new(), 0),
+        FileType::Symlink => {
+            let target =
+                rustix::fs::readlinkat(dir, name, Vec::new()).map_err(std::io::Error::from)?;
+            (
+                "symlink",
+                String::from_utf8_lossy(target.as_bytes()).into_owned(),
+                0,
+            )
         }
+        FileType::RegularFile => {
+            let fd = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(std::io::Error::from)?;
+            let mut f = std::fs::File::from(fd);
+            let mut h = sha2::Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            ("file", hex::encode(h.finalize()), st.st_size as u64)
+        }
+        FileType::CharacterDevice => ("char", dev(), 0),
+        FileType::BlockDevice => ("block", dev(), 0),
+        FileType::Fifo => ("fifo", String::new(), 0),
+        _ => ("socket", String::new(), 0),
     };
     let want_mtime = match kind {
         "dir" => opts.dir_mtimes,
         "symlink" => opts.symlink_mtimes,
         _ => opts.file_mtimes,
     };
+    let pfd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)?;
     Ok(Node {
         kind,
-        mode: m.mode() & 0o7777,
-        uid: m.uid(),
-        gid: m.gid(),
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
         size,
         detail,
-        xattrs: xattrs(path)?,
-        mtime: want_mtime.then(|| (m.mtime(), m.mtime_nsec())),
+        xattrs: xattrs_of_fd(&pfd)?,
+        mtime: want_mtime.then_some((st.st_mtime as i64, st.st_mtime_nsec as i64)),
     })
 }
 
-/// Snapshots the tree under `root`, never following symlinks.
-pub fn snapshot(root: &Path, opts: Options) -> Result<Snapshot> {
-    let mut nodes = BTreeMap::new();
-    let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
-    if opts.root {
-        let m = root
-            .symlink_metadata()
-            .with_context(|| format!("stat {}", root.display()))?;
-        nodes.insert(".".to_owned(), node(root, &m, &opts)?);
-    }
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let path = e?.path();
-            let rel = String::from_utf8_lossy(path.strip_prefix(root)?.as_os_str().as_bytes())
-                .into_owned();
-            let m = path
-                .symlink_metadata()
-                .with_context(|| format!("stat {}", path.display()))?;
-            if m.is_dir() {
-                stack.push(path.clone());
-            } else if m.nlink() > 1 {
-                inodes
-                    .entry((m.dev(), m.ino()))
-                    .or_default()
-                    .push(rel.clone());
-            }
-            nodes.insert(rel, node(&path, &m, &opts)?);
+type Inodes = BTreeMap<(u64, u64), Vec<String>>;
+
+fn walk(
+    dir: BorrowedFd<'_>,
+    prefix: &str,
+    opts: &Options,
+    nodes: &mut BTreeMap<String, Node>,
+    inodes: &mut Inodes,
+) -> Result<()> {
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(dir).map_err(std::io::Error::from)? {
+        let e = e.map_err(std::io::Error::from)?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(OsStr::from_bytes(n).to_owned());
         }
     }
+    for name in names {
+        let rel = format!("{prefix}{}", String::from_utf8_lossy(name.as_bytes()));
+        let st = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("stat {rel}"))?;
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        if !is_dir && st.st_nlink > 1 {
+            inodes
+                .entry((st.st_dev, st.st_ino))
+                .or_default()
+                .push(rel.clone());
+        }
+        nodes.insert(
+            rel.clone(),
+            node(dir, &name, &st, opts).with_context(|| format!("snapshot of {rel}"))?,
+        );
+        if is_dir {
+            let sub = rustix::fs::openat(
+                dir,
+                &name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("open {rel}"))?;
+            walk(sub.as_fd(), &format!("{rel}/"), opts, nodes, inodes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Snapshots the tree under `root`, never following symlinks. Works with
+/// directory fds, so paths longer than PATH_MAX are fine.
+pub fn snapshot(root: &Path, opts: Options) -> Result<Snapshot> {
+    let mut nodes = BTreeMap::new();
+    let mut inodes = Inodes::new();
+    let rootfd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("open {}", root.display()))?;
+    if opts.root {
+        let st = rustix::fs::fstat(&rootfd).map_err(std::io::Error::from)?;
+        nodes.insert(
+            ".".to_owned(),
+            node(rootfd.as_fd(), OsStr::new("."), &st, &opts)?,
+        );
+    }
+    walk(rootfd.as_fd(), "", &opts, &mut nodes, &mut inodes)?;
     let mut hardlinks: Vec<Vec<String>> = inodes
         .into_values()
         .filter(|v| v.len() > 1)

@@ -20,3 +20,5 @@ mod overlay_layers;
 mod overlay_programs;
 mod overlay_pjdfstest;
 mod overlay_cli;
+mod unpack_gnu_tar;
+mod unpack_overlay;

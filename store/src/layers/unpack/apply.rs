@@ -265,10 +265,14 @@ impl<'a> Applier<'a> {
         if kind == NameKind::Meta {
             return Ok(());
         }
-        let pfd = self
-            .tree
-            .take_parent(parent, true)
-            .map_err(self.failed(&raw, "open parent directory"))?;
+        let pfd = match self.tree.take_parent(parent, true) {
+            Ok(fd) => fd,
+            // A whiteout below a non-directory of this layer (umoci writes
+            // `f` then `f/.wh.x` when a dir became a file): the non-directory
+            // already hides everything below it, nothing to record.
+            Err(e) if kind != NameKind::Normal && errno_is(&e, Errno::NOTDIR) => return Ok(()),
+            Err(e) => return Err(self.failed(&raw, "open parent directory")(e)),
+        };
         let parent = parent.to_vec();
         let result = match kind {
             NameKind::Meta => Ok(()),
