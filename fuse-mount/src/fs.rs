@@ -692,10 +692,16 @@ impl OverlayFs {
             Mode::empty(),
         )?);
         let ust = rfs::fstat(&*fd)?;
-        self.ids
-            .lock()
-            .unwrap()
-            .insert((ust.st_dev, ust.st_ino), node.ino);
+        {
+            let mut ids = self.ids.lock().unwrap();
+            ids.insert((ust.st_dev, ust.st_ino), node.ino);
+            if node.kind != FileType::Directory && st.st_nlink > 1 {
+                // Copy-up breaks a lower hardlink, as in overlayfs: the other
+                // names stay on the lower file and get their own inode on
+                // their next lookup (their entries are not cached, see fuse.rs).
+                ids.remove(&(st.st_dev, st.st_ino));
+            }
+        }
         {
             let mut s = node.st.lock().unwrap();
             s.fd = fd.clone();
@@ -732,6 +738,8 @@ impl OverlayFs {
                 State::Whiteout => None,
             })
             .collect();
+        // Holding the index would make every update below clone it.
+        drop(ix);
         for (name, kind, layer) in names {
             if layer == 0 && kind != FileType::Directory {
                 continue;
@@ -763,8 +771,7 @@ impl OverlayFs {
         if name.len() > 255 {
             return Err(Errno::NAMETOOLONG);
         }
-        let ix = self.index(parent)?;
-        let old = ix.entries.get(name).cloned();
+        let old = self.index(parent)?.entries.get(name).cloned();
         if old.as_ref().is_some_and(|e| e.is_present()) {
             return Err(Errno::EXIST);
         }
@@ -1049,8 +1056,12 @@ impl OverlayFs {
         self.upper_layer()?;
         let _g = self.ns.write().unwrap();
         let p = self.node(parent)?;
-        let ix = self.index(&p)?;
-        let e = ix.entries.get(name).cloned().ok_or(Errno::NOENT)?;
+        let e = self
+            .index(&p)?
+            .entries
+            .get(name)
+            .cloned()
+            .ok_or(Errno::NOENT)?;
         let State::Present { layer, kind } = e.state else {
             return Err(Errno::NOENT);
         };

@@ -109,9 +109,21 @@ impl Fuse {
         self.fs.config.ttl
     }
 
+    /// Cache lifetime of an entry: names of files with several links are
+    /// looked up again each time, since a copy-up may split them (see `copy_up`).
+    fn entry_ttl(&self, st: &Stat) -> Duration {
+        if st.st_nlink > 1 && RType::from_raw_mode(st.st_mode) != RType::Directory {
+            Duration::ZERO
+        } else {
+            self.fs.config.ttl
+        }
+    }
+
     fn entry(&self, r: Result<(Arc<Node>, Stat), rustix::io::Errno>, reply: ReplyEntry) {
         match r {
-            Ok((node, st)) => reply.entry(&self.ttl(), &self.attr(&node, &st), Generation(0)),
+            Ok((node, st)) => {
+                reply.entry(&self.entry_ttl(&st), &self.attr(&node, &st), Generation(0))
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -188,7 +200,9 @@ impl Filesystem for Fuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.op_lookup(parent.0, name) {
-            Ok(Some((node, st))) => reply.entry(&self.ttl(), &self.attr(&node, &st), Generation(0)),
+            Ok(Some((node, st))) => {
+                reply.entry(&self.entry_ttl(&st), &self.attr(&node, &st), Generation(0))
+            }
             Ok(None) => {
                 // A negative entry with a TTL: the kernel caches the miss.
                 reply.entry(&self.ttl(), &negative_attr(), Generation(0));
@@ -480,7 +494,11 @@ impl Filesystem for Fuse {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.op_opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may cache the listing: it drops it when the dir changes.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -565,6 +583,7 @@ impl Filesystem for Fuse {
                 }
             };
             let attr = self.attr(&child, &st);
+            let ttl = self.entry_ttl(&st);
             if reply.add(
                 INodeNo(child.ino),
                 (i + 1) as u64,

@@ -88,8 +88,14 @@ fn ops() -> Vec<Op> {
         ("rename a file over a lower symlink", |r, _| {
             std::fs::rename(r.join("keep.txt"), r.join("f2l"))
         }),
+        ("hardlink a lower hardlinked file", |r, _| {
+            std::fs::hard_link(r.join("hl/one"), r.join("new_link"))
+        }),
+        ("write the other name of a lower hardlink", |r, _| {
+            std::fs::write(r.join("hl/two"), "two changed\n")
+        }),
         ("hardlink a lower file", |r, _| {
-            std::fs::hard_link(r.join("attrs"), r.join("new_link"))
+            std::fs::hard_link(r.join("attrs"), r.join("attrs_link"))
         }),
         ("symlink", |r, _| symlink("dir1", r.join("new_sym"))),
         ("mkfifo", |r, _| {
