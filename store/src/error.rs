@@ -121,13 +121,14 @@ pub enum Error {
     #[error("container name {0:?} is already in use; choose another or remove that container")]
     ContainerNameInUse(String),
     /// Unpacking a layer failed (the layer's temp dir has been removed).
-    #[error("{source}")]
+    /// The unpacker's message already names the layer and the entry.
+    #[error("{error}")]
     Unpack {
         /// The layer, as the caller named it.
         layer: String,
-        /// What the unpacker found.
-        #[source]
-        source: crate::layers::unpack::UnpackError,
+        /// What the unpacker found (not chained as `source`: the message
+        /// above already carries it).
+        error: crate::layers::unpack::UnpackError,
     },
     /// A layer (chain id) is not unpacked in the store.
     #[error("layer {0} is not in the store")]

@@ -312,9 +312,9 @@ impl Store {
             lock: Some(lock),
         };
         let stats =
-            unpack::unpack(reader, &tmp.path, lowers, name).map_err(|source| Error::Unpack {
+            unpack::unpack(reader, &tmp.path, lowers, name).map_err(|error| Error::Unpack {
                 layer: name.to_string(),
-                source,
+                error,
             })?;
         let diff = Digest::parse(&stats.diff_id)?;
         Ok((tmp, diff, stats.size))
