@@ -22,7 +22,7 @@ trap cleanup EXIT
 
 echo "== a small root filesystem from this machine's files"
 mkdir -p "$work/rootfs"
-tar -C / -cf - etc/os-release usr/bin/ls usr/bin/cat bin 2>/dev/null | tar -C "$work/rootfs" -xf - 2>/dev/null || true
+tar -C / -cf - etc/os-release usr/lib/os-release usr/bin/ls usr/bin/cat bin 2>/dev/null | tar -C "$work/rootfs" -xf - 2>/dev/null || true
 for lib in $(ldd /usr/bin/ls | grep -o '/[^ ]*'); do
   mkdir -p "$work/rootfs$(dirname "$lib")"; cp -L "$lib" "$work/rootfs$lib"
 done
@@ -46,6 +46,8 @@ echo "== lamina mount (FUSE, read-only image mount)"
 mkdir -p "$work/mnt"
 lamina --root "$work/store2" mount "127.0.0.1:$port/demo/small:latest" "$work/mnt"
 ls -l "$work/mnt" "$work/mnt/usr/bin"
-cat "$work/mnt/etc/os-release" | head -2
+head -2 "$work/mnt/etc/os-release"
+echo "== a program run from the mount"
+chroot "$work/mnt" /usr/bin/ls -la /
 lamina --root "$work/store2" umount "$work/mnt"
 echo "== done"
