@@ -74,9 +74,10 @@ run_skopeo_umoci() { # image
 
 printf '%-14s %10s %10s %14s %12s %14s\n' image lamina containerd skopeo+umoci ctr/lamina skopeo/lamina
 for img in "${IMAGES[@]}"; do
-  for tool in lamina ctr skopeo_umoci; do
-    : > "$W/$tool.times"
-    for _ in $(seq 1 "$RUNS"); do "run_$tool" "$img:latest" >> "$W/$tool.times"; done
+  for tool in lamina ctr skopeo_umoci; do : > "$W/$tool.times"; done
+  # Interleaved, so that a change in machine load hits every tool alike.
+  for _ in $(seq 1 "$RUNS"); do
+    for tool in lamina ctr skopeo_umoci; do "run_$tool" "$img:latest" >> "$W/$tool.times"; done
   done
   l=$(median < "$W/lamina.times"); c=$(median < "$W/ctr.times"); s=$(median < "$W/skopeo_umoci.times")
   printf '%-14s %9.2fs %9.2fs %13.2fs %11.2fx %13.2fx\n' "$img" "$l" "$c" "$s" "$(echo "$c / $l" | bc -l)" "$(echo "$s / $l" | bc -l)"

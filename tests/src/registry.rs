@@ -712,6 +712,9 @@ pub enum ProxyMode {
     Throttle(u64),
     /// Flip one byte in the middle of every blob body.
     Corrupt,
+    /// Close the connection after this many body bytes of every blob GET
+    /// without a `Range` header (a dropped connection).
+    Cut(u64),
 }
 
 /// One request the proxy forwarded.
@@ -878,6 +881,14 @@ async fn proxy_conn(
             let mid = body_total / 2;
             if mid >= body_pos && mid < body_pos + chunk.len() as u64 {
                 chunk[(mid - body_pos) as usize] ^= 0x5a;
+            }
+        }
+        if let (true, ProxyMode::Cut(limit), None) = (is_blob, mode, req.header("range")) {
+            if body_pos + chunk.len() as u64 > limit {
+                let keep = limit.saturating_sub(body_pos) as usize;
+                client.write_all(&chunk[..keep]).await?;
+                bytes.fetch_add(keep as u64, Ordering::SeqCst);
+                return Ok(());
             }
         }
         body_pos += chunk.len() as u64;

@@ -425,3 +425,37 @@ fn flate2_decoder(bytes: &[u8]) -> impl std::io::Read + '_ {
     let out = child.wait_with_output().unwrap();
     std::io::Cursor::new(out.stdout)
 }
+
+#[test]
+fn dropped_connection_resumes_with_range() {
+    require_tools!("umoci", "skopeo");
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("oci");
+    let big = random_bytes(3 << 20);
+    build_image(&layout, "v1", &[&[("big.bin", &big[..])]]).unwrap();
+    reg.put_oci(&layout, "v1", "cut/app:v1").unwrap();
+    let proxy = lamina_tests::registry::Proxy::start(
+        &reg.host,
+        lamina_tests::registry::ProxyMode::Cut(1 << 20),
+    );
+    let r = Reference::parse(&format!("{}/cut/app:v1", proxy.host)).unwrap();
+    let blobs = pull_all_blobs(&client(None), &r).unwrap();
+    assert_eq!(blobs.len(), 1);
+    let (digest, data) = &blobs[0];
+    assert_eq!(&Digest::of(data), digest);
+    let gets: Vec<_> = proxy
+        .blob_gets()
+        .into_iter()
+        .filter(|g| g.0.ends_with(digest.as_str()))
+        .collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert_eq!(gets[0].1, None);
+    assert_eq!(
+        gets[1].1.as_deref(),
+        Some(format!("bytes={}-", 1 << 20).as_str()),
+        "{gets:?}"
+    );
+}
