@@ -270,7 +270,7 @@ pub const LAYER2_FILE: &str = "etc/lamina-layer2";
 pub const LAYER2_CONTENT: &str = "second layer\n";
 
 /// Builds `oci:LAYOUT:TAG`, two layers, runnable by runc: layer 1 has the
-/// host's `dash` as `/bin/sh`, `cat` and `ls` with their shared libraries;
+/// host's `dash` as `/bin/sh`, `cat`, `ls` and `sleep` with their shared libraries;
 /// layer 2 adds [`LAYER2_FILE`] and deletes `/bin/ls` (a whiteout).
 pub fn build_runnable_image(layout: &Path, tag: &str) -> Result<()> {
     use crate::registry::run;
@@ -291,6 +291,7 @@ pub fn build_runnable_image(layout: &Path, tag: &str) -> Result<()> {
         ("/bin/dash", "bin/sh"),
         ("/bin/cat", "bin/cat"),
         ("/bin/ls", "bin/ls"),
+        ("/bin/sleep", "bin/sleep"),
     ] {
         copy_into(Path::new(host), &rootfs.join(dest))?;
         let ldd = Command::new("ldd").arg(host).output()?;

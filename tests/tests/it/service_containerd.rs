@@ -144,8 +144,44 @@ fn pull_run_commit_gc(driver: &str) {
         "{mounts}"
     );
 
-    // Restarting lamina keeps every snapshot and its contents.
+    // Restarting lamina keeps every snapshot and its contents, and leaves a
+    // running container alone.
+    ctd.ctr_ok(
+        &[
+            &["run", "-d"][..],
+            &sn,
+            &[&image, "t5", "/bin/sleep", "600"],
+        ]
+        .concat(),
+    )
+    .unwrap();
     serve.restart().unwrap();
+    let out = ctd
+        .ctr_ok(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            "t5",
+            "/bin/cat",
+            &format!("/{LAYER2_FILE}"),
+        ])
+        .unwrap();
+    assert_eq!(
+        out, LAYER2_CONTENT,
+        "the running container still reads its rootfs"
+    );
+    ctd.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "t5"])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctd
+        .ctr(&["tasks", "rm", "t5"])
+        .is_ok_and(|o| !o.status.success())
+    {
+        assert!(Instant::now() < deadline, "t5 stops");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ctd.ctr_ok(&["containers", "rm", "t5"]).unwrap();
     let usage = ctd
         .ctr_ok(&[&["snapshots"][..], &sn, &["usage", "t2-committed"]].concat())
         .unwrap();

@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "fuse")]
     pub driver: service::snapshotter::Driver,
     /// A directory under which API clients may mount (repeatable; default:
-    /// /run/lamina/mounts and ROOT/mounts).
+    /// /run/lamina/mounts and /mnt/lamina).
     #[arg(long = "mount-root")]
     pub mount_roots: Vec<PathBuf>,
 }
@@ -29,7 +29,11 @@ pub struct Args {
 /// Runs `lamina serve`.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let mount_roots = if args.mount_roots.is_empty() {
-        vec![PathBuf::from("/run/lamina/mounts"), ctx.root.join("mounts")]
+        // Not ROOT/mounts: `lamina mount` keeps its records there.
+        vec![
+            PathBuf::from("/run/lamina/mounts"),
+            PathBuf::from("/mnt/lamina"),
+        ]
     } else {
         args.mount_roots
     };
