@@ -22,3 +22,4 @@ mod overlay_pjdfstest;
 mod overlay_cli;
 mod unpack_gnu_tar;
 mod unpack_overlay;
+mod unpack_layers;

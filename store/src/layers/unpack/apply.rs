@@ -265,8 +265,14 @@ impl<'a> Applier<'a> {
         if kind == NameKind::Meta {
             return Ok(());
         }
-        let pfd = match self.tree.take_parent(parent, true) {
-            Ok(fd) => fd,
+        let mut created = Vec::new();
+        let pfd = match self.tree.take_parent(parent, Some(&mut created)) {
+            Ok(fd) => {
+                for dir in created {
+                    self.inherit_from_lowers(&raw, &dir)?;
+                }
+                fd
+            }
             // A whiteout below a non-directory of this layer (umoci writes
             // `f` then `f/.wh.x` when a dir became a file): the non-directory
             // already hides everything below it, nothing to record.
@@ -282,6 +288,56 @@ impl<'a> Applier<'a> {
         };
         self.tree.put_parent(&parent, pfd);
         result
+    }
+
+    /// A directory this layer needs but does not list (its tar has
+    /// `a/b/f` without `a/b/`) takes the owner, mode and times of the same
+    /// directory in the nearest lower layer, as the merged view had it;
+    /// without one it stays root-owned 0755.
+    fn inherit_from_lowers(&mut self, raw: &[u8], rel: &[u8]) -> Result<(), UnpackError> {
+        let (parent, name) = path::split_parent(rel);
+        for lower in self.lowers {
+            // A real directory of the lower layer, not a symlink to one.
+            let Ok(lparent) = lower.open_dir(parent) else {
+                continue;
+            };
+            let Ok(Some(st)) = lfs::lstat(lparent.as_fd(), name) else {
+                continue;
+            };
+            if !lfs::is_dir(&st) {
+                break;
+            }
+            let pfd = self
+                .tree
+                .open_dir(parent)
+                .map_err(self.failed(raw, "open parent directory"))?;
+            if self.euid == 0 {
+                rustix::fs::chownat(
+                    &pfd,
+                    name,
+                    Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                    Some(rustix::fs::Gid::from_raw(st.st_gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| self.failed(raw, "chown implicit directory")(e.into()))?;
+            }
+            let times = Timestamps {
+                last_access: Timespec {
+                    tv_sec: st.st_atime as _,
+                    tv_nsec: st.st_atime_nsec as _,
+                },
+                last_modification: Timespec {
+                    tv_sec: st.st_mtime as _,
+                    tv_nsec: st.st_mtime_nsec as _,
+                },
+            };
+            self.dirs.entry(rel.to_vec()).or_insert(DirMeta {
+                mode: st.st_mode & 0o7777,
+                times,
+            });
+            break;
+        }
+        Ok(())
     }
 
     /// Makes the directory `dir` opaque.

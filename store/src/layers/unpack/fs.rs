@@ -111,40 +111,48 @@ impl Tree {
         Ok(fd.expect("non-empty path"))
     }
 
-    /// Opens directory `rel`, creating missing components (mode 0755).
-    /// A component that exists but is not a directory (or is a dangling
-    /// symlink) is an error, never replaced.
-    pub fn open_dir_create(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+    /// Opens directory `rel`, creating missing components (mode 0755) and
+    /// noting their paths in `created`. A component that exists but is not
+    /// a directory (or is a dangling symlink) is an error, never replaced.
+    pub fn open_dir_create(&self, rel: &[u8], created: &mut Vec<Vec<u8>>) -> io::Result<OwnedFd> {
         match self.open_dir(rel) {
             Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) && !rel.is_empty() => {
                 let (parent, name) = split_parent(rel);
-                let pfd = self.open_dir_create(parent)?;
+                let pfd = self.open_dir_create(parent, created)?;
                 match rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                    Ok(()) => created.push(rel.to_vec()),
+                    Err(Errno::EXIST) => {}
                     Err(e) => return Err(e.into()),
                 }
-                Ok(rustix::fs::openat(
-                    &pfd,
-                    name,
-                    DIR_FLAGS | OFlags::NOFOLLOW,
-                    Mode::empty(),
-                )?)
+                match rustix::fs::openat(&pfd, name, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty()) {
+                    Ok(fd) => Ok(fd),
+                    // `name` exists but the lookup said ENOENT: a symlink
+                    // leading nowhere inside the layer. Not followed.
+                    Err(Errno::NOTDIR | Errno::LOOP) => Err(io::Error::other(
+                        "a path component is a symlink that does not lead to a directory inside the layer",
+                    )),
+                    Err(e) => Err(e.into()),
+                }
             }
             other => other,
         }
     }
 
-    /// Takes the fd of parent directory `rel` out of the cache (or opens it).
-    pub fn take_parent(&mut self, rel: &[u8], create: bool) -> io::Result<OwnedFd> {
+    /// Takes the fd of parent directory `rel` out of the cache (or opens it,
+    /// creating it if `created` is given).
+    pub fn take_parent(
+        &mut self,
+        rel: &[u8],
+        created: Option<&mut Vec<Vec<u8>>>,
+    ) -> io::Result<OwnedFd> {
         if let Some((path, fd)) = self.cache.take() {
             if path == rel {
                 return Ok(fd);
             }
         }
-        if create {
-            self.open_dir_create(rel)
-        } else {
-            self.open_dir(rel)
+        match created {
+            Some(created) => self.open_dir_create(rel, created),
+            None => self.open_dir(rel),
         }
     }
 

@@ -1,0 +1,158 @@
+//! Layer-over-layer semantics of unpack, checked on the layer dirs
+//! themselves: whiteouts as 0/0 char devices, opaque xattrs, same-layer
+//! rules, hardlinks into lower layers, directories a tar leaves implicit.
+
+use anyhow::{Result, ensure};
+use lamina_store::layers::unpack::{OPAQUE_XATTR, UnpackError, unpack};
+use lamina_tests::unpack::{Entry, is_root, tar_of};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+fn opaque(p: &Path) -> bool {
+    let mut buf = [0u8; 8];
+    rustix::fs::lgetxattr(p, OPAQUE_XATTR, &mut buf[..]).is_ok_and(|n| &buf[..n] == b"y")
+}
+
+fn is_whiteout(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
+}
+
+#[test]
+fn whiteouts_opaque_dirs_and_lower_hardlinks() -> Result<()> {
+    if !is_root() {
+        eprintln!(
+            "SKIP whiteouts_opaque_dirs_and_lower_hardlinks: needs root (mknod, trusted.* xattrs, chown)"
+        );
+        return Ok(());
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("lamina-unpack-layers-")
+        .tempdir()?;
+    let l0 = tmp.path().join("l0");
+    let l1 = tmp.path().join("l1");
+    let l2 = tmp.path().join("l2");
+    for d in [&l0, &l1, &l2] {
+        std::fs::create_dir(d)?;
+    }
+    unpack(
+        &tar_of([
+            Entry {
+                mode: 0o750,
+                uid: 7,
+                gid: 8,
+                mtime: 1_111_111_111,
+                ..Entry::dir("a")
+            },
+            Entry::file("a/f", "lower f"),
+            Entry::file("x", "x"),
+            Entry::file("gone", "to be whited out"),
+        ])[..],
+        &l0,
+        &[],
+        "l0",
+    )?;
+    unpack(
+        &tar_of([Entry::file(".wh.gone", "")])[..],
+        &l1,
+        &[l0.clone()],
+        "l1",
+    )?;
+    let lowers: Vec<PathBuf> = vec![l1.clone(), l0.clone()];
+    unpack(
+        &tar_of([
+            // No `a/` nor `a/b/` entry: implicit directories.
+            Entry::file("a/b/g", "g"),
+            Entry::hardlink("h", "a/f"),
+            Entry::file(".wh.x", ""),
+            Entry::file("a/.wh..wh..opq", ""),
+            Entry::file("y", "same layer"),
+            Entry::file(".wh.y", ""),
+            Entry::dir("z"),
+            Entry::file("z/in", "z"),
+            Entry::file(".wh.z", ""),
+            Entry::file(".wh.w", ""),
+            Entry::dir("w"),
+        ])[..],
+        &l2,
+        &lowers,
+        "l2",
+    )?;
+    let a = std::fs::metadata(l2.join("a"))?;
+    ensure!(
+        (a.mode() & 0o7777, a.uid(), a.gid(), a.mtime()) == (0o750, 7, 8, 1_111_111_111),
+        "implicit dir did not inherit the lower dir's metadata: {:o} {}:{} {}",
+        a.mode(),
+        a.uid(),
+        a.gid(),
+        a.mtime()
+    );
+    ensure!(std::fs::metadata(l2.join("a/b"))?.mode() & 0o7777 == 0o755);
+    ensure!(
+        std::fs::metadata(l2.join("h"))?.ino() == std::fs::metadata(l0.join("a/f"))?.ino(),
+        "hardlink into l0"
+    );
+    ensure!(is_whiteout(&l1.join("gone")) && is_whiteout(&l2.join("x")));
+    ensure!(opaque(&l2.join("a")), "a not opaque");
+    ensure!(
+        std::fs::read(l2.join("y"))? == b"same layer",
+        "a whiteout hid a file of its own layer"
+    );
+    ensure!(
+        opaque(&l2.join("z")) && std::fs::read(l2.join("z/in"))? == b"z",
+        "same-layer dir + whiteout: opaque dir"
+    );
+    ensure!(
+        opaque(&l2.join("w")) && std::fs::metadata(l2.join("w"))?.is_dir(),
+        "whiteout then dir: opaque dir"
+    );
+
+    // A hardlink to a file whited out in a nearer layer has no target.
+    let l3 = tmp.path().join("l3");
+    std::fs::create_dir(&l3)?;
+    let r = unpack(
+        &tar_of([Entry::hardlink("h2", "gone")])[..],
+        &l3,
+        &[l1.clone(), l0.clone()],
+        "l3",
+    );
+    ensure!(matches!(r, Err(UnpackError::Rejected { .. })), "{r:?}");
+    Ok(())
+}
+
+/// An input that never ends: a hostile entry followed by endless zeros.
+struct Endless {
+    head: std::io::Cursor<Vec<u8>>,
+    served: u64,
+}
+
+impl Read for Endless {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.head.read(buf)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        self.served += buf.len() as u64;
+        buf.fill(0);
+        Ok(buf.len())
+    }
+}
+
+#[test]
+fn errors_return_without_reading_the_rest_of_the_stream() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut head = tar_of([Entry::file("../escape", "x")]);
+    head.truncate(head.len() - 1024);
+    // Not finishing the stream is the point: the error stops the reader.
+    let r = unpack(
+        Endless {
+            head: std::io::Cursor::new(head),
+            served: 0,
+        },
+        tmp.path(),
+        &[],
+        "endless",
+    );
+    ensure!(matches!(r, Err(UnpackError::Rejected { .. })), "{r:?}");
+    Ok(())
+}
