@@ -12,7 +12,9 @@
 //! ingest, unpack, registration or container creation holds a
 //! [`crate::Store::lease`]; those wait for it. Work that spans several calls
 //! (a pull: blobs first, register last) must hold one lease throughout.
-//! DB rows are deleted before the directories they name.
+//! DB rows are deleted before the directories they name, and a layer dir is
+//! renamed to a temp name before it is deleted, so `layers/<hex>` is never
+//! half deleted.
 
 use crate::lock::{FileLock, LockMode};
 use crate::{Digest, Result, Store};
@@ -105,7 +107,14 @@ impl Store {
                 continue;
             };
             if !chains.contains(chain.as_str()) {
-                crate::remove_tree(&entry.path())?;
+                // Rename first: a `layers/<hex>` dir is always complete, even if
+                // gc is killed halfway through deleting it (the temp name is
+                // then cleaned up like a dead unpack's).
+                let doomed =
+                    layers_dir.join(format!("{name}.tmp-gc{:016x}", rand::random::<u64>()));
+                std::fs::rename(entry.path(), &doomed)
+                    .map_err(|e| crate::Error::io(entry.path(), e))?;
+                crate::remove_tree(&doomed)?;
                 report.layers_removed.push(chain);
             }
         }

@@ -127,3 +127,63 @@ fn kill_during_unpack() {
     );
     s.ok(&["fsck"]);
 }
+
+/// kill -9 at pseudo-random moments of an import: after each, the store has
+/// no problem, and the image is either fully there or absent.
+#[test]
+fn kill_at_random_moments() {
+    let s = TestStore::new();
+    let t = s.scratch("mid.tar.gz");
+    big_tar(&s.scratch("src"), &t, 600, 16 << 10, 9, Compress::Gzip);
+    s.ok(&["images"]);
+    // Measure a whole import to spread the kills over it.
+    let start = Instant::now();
+    s.ok(&["import", t.to_str().unwrap(), "probe"]);
+    let full = start.elapsed();
+    s.ok(&["rmi", "probe"]);
+    s.ok(&["gc"]);
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    for round in 0..8 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = full.mul_f64((seed % 1000) as f64 / 1000.0 * 1.2);
+        let mut child = s
+            .cmd(&["import", t.to_str().unwrap(), "victim"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        child.kill().ok();
+        child.wait().unwrap();
+        let fsck = s.json(&["fsck", "--format", "json"]);
+        assert_eq!(
+            fsck["problems"],
+            serde_json::json!([]),
+            "round {round} ({delay:?}): {fsck}"
+        );
+        let images = s.json(&["images", "--format", "json"]);
+        if let Some(img) = images.as_array().unwrap().first() {
+            let inspect = s.json(&["inspect", img["id"].as_str().unwrap()]);
+            let dir = std::path::PathBuf::from(inspect["layers"][0]["dir"].as_str().unwrap());
+            let files: usize = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+                .sum();
+            assert_eq!(files, 600, "round {round}: a registered image is complete");
+            s.ok(&["rmi", "victim"]);
+        }
+        // Alternate: sometimes collect between rounds, sometimes not.
+        if round % 2 == 1 {
+            s.ok(&["gc"]);
+        }
+    }
+    s.ok(&["import", t.to_str().unwrap(), "final"]);
+    s.ok(&["gc"]);
+    let fsck = s.json(&["fsck", "--format", "json"]);
+    assert_eq!(fsck["problems"], serde_json::json!([]), "{fsck}");
+    // Only partial ingests of killed imports may stay (gc keeps them a day).
+    for g in fsck["garbage"].as_array().unwrap() {
+        assert!(g.as_str().unwrap().starts_with("partial ingest"), "{fsck}");
+    }
+}
