@@ -425,6 +425,8 @@ impl<'a> Applier<'a> {
         }
     }
 
+    // The entry, its metadata and where it goes: all needed, none derivable.
+    #[allow(clippy::too_many_arguments)]
     fn node<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
@@ -996,13 +998,13 @@ mod tests {
     #[test]
     fn pax_times() {
         let t = parse_pax_time(b"1700000000.123456789").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec as i64), (1700000000, 123456789));
+        assert_eq!((t.tv_sec, t.tv_nsec), (1700000000, 123456789));
         let t = parse_pax_time(b"1700000000.5").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec as i64), (1700000000, 500000000));
+        assert_eq!((t.tv_sec, t.tv_nsec), (1700000000, 500000000));
         let t = parse_pax_time(b"12").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec as i64), (12, 0));
+        assert_eq!((t.tv_sec, t.tv_nsec), (12, 0));
         let t = parse_pax_time(b"-1.25").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec as i64), (-2, 750000000));
+        assert_eq!((t.tv_sec, t.tv_nsec), (-2, 750000000));
         assert!(parse_pax_time(b"x").is_none());
         assert!(parse_pax_time(b"1.2e3").is_none());
     }

@@ -68,7 +68,7 @@ impl Tree {
     /// as if the layer root were `/`.
     pub fn open_dir(&self, rel: &[u8]) -> io::Result<OwnedFd> {
         if rel.is_empty() {
-            return Ok(self.root.try_clone()?);
+            return self.root.try_clone();
         }
         let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
         if rel.len() <= SHORT_PATH {
@@ -145,10 +145,10 @@ impl Tree {
         rel: &[u8],
         created: Option<&mut Vec<Vec<u8>>>,
     ) -> io::Result<OwnedFd> {
-        if let Some((path, fd)) = self.cache.take() {
-            if path == rel {
-                return Ok(fd);
-            }
+        if let Some((path, fd)) = self.cache.take()
+            && path == rel
+        {
+            return Ok(fd);
         }
         match created {
             Some(created) => self.open_dir_create(rel, created),
