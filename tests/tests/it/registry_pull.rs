@@ -434,3 +434,57 @@ fn corrupt_bytes_never_become_blobs() {
     assert_same_tree(&root, &good, &layout, "v1", &dir.path().join("u"));
     let _ = Digest::of(b"");
 }
+
+#[test]
+fn pull_with_docker_credential_helper() {
+    require_tools!("umoci", "skopeo", "htpasswd");
+    let Some(reg) = Registry::start(Auth::Htpasswd {
+        user: "erin".into(),
+        password: "h3lper".into(),
+    }) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = image(dir.path());
+    reg.put_oci(&layout, "v1", "helped/app:v1").unwrap();
+    // A credential helper speaking docker's protocol: server URL on stdin, JSON on stdout.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-lamina-test");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\n[ \"$server\" = \"{}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\necho '{{\"ServerURL\":\"'$server'\",\"Username\":\"erin\",\"Secret\":\"h3lper\"}}'\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(dir.path().join("docker")).unwrap();
+    std::fs::write(
+        dir.path().join("docker/config.json"),
+        r#"{"credsStore":"lamina-test"}"#,
+    )
+    .unwrap();
+    let root = dir.path().join("root");
+    let name = format!("{}/helped/app:v1", reg.host);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = lamina_cmd(&root, dir.path(), &["pull", &name])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    ok(&out);
+    assert_same_tree(&root, &name, &layout, "v1", &dir.path().join("u"));
+    // Without the helper on PATH, the registry refuses.
+    let e = err(&lamina(
+        &dir.path().join("root2"),
+        dir.path(),
+        &["pull", &name],
+    ));
+    assert!(e.contains("401"), "{e}");
+}
