@@ -39,6 +39,8 @@ fn import_list_inspect_tag_rmi_gc() {
         table.contains("docker.io/library/myapp") && table.contains(&id[7..19]),
         "{table}"
     );
+    assert_eq!(s.ok(&["images", "-q"]).trim(), &id[7..19]);
+    assert_eq!(s.ok(&["images", "-q", "--no-trunc"]).trim(), id);
 
     // inspect: manifest, config, layers with chain ids and dirs
     let inspect = s.json(&["inspect", "myapp:1"]);

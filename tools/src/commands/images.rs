@@ -12,12 +12,31 @@ pub struct Args {
     /// Output format: `table` or `json`.
     #[arg(long, default_value = "table")]
     pub format: String,
+    /// Only print image ids (short, or full with --no-trunc), one per image.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print full image ids.
+    #[arg(long)]
+    pub no_trunc: bool,
 }
 
 /// Runs `lamina images`.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let store = open_store(ctx)?;
     let images = store.images()?;
+    let id = |img: &ImageRecord| {
+        if args.no_trunc {
+            img.id.to_string()
+        } else {
+            img.id.short().to_string()
+        }
+    };
+    if args.quiet {
+        for img in &images {
+            println!("{}", id(img));
+        }
+        return Ok(());
+    }
     match args.format.as_str() {
         "json" => {
             let out: Vec<serde_json::Value> = images.iter().map(image_json).collect();
@@ -49,7 +68,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
                     rows.push([
                         repo,
                         tag,
-                        img.id.short().to_string(),
+                        id(img),
                         created.clone(),
                         size.clone(),
                     ]);
