@@ -110,11 +110,17 @@ impl Store {
                 // Rename first: a `layers/<hex>` dir is always complete, even if
                 // gc is killed halfway through deleting it (the temp name is
                 // then cleaned up like a dead unpack's).
-                let doomed =
-                    layers_dir.join(format!("{name}.tmp-gc{:016x}", rand::random::<u64>()));
+                let token = format!("gc{:016x}", rand::random::<u64>());
+                // Held so that another process's recovery leaves the dir to us.
+                let lock = FileLock::lock(
+                    &self.lock_path(&format!("unpack-{token}.lock")),
+                    LockMode::Exclusive,
+                )?;
+                let doomed = layers_dir.join(format!("{name}.tmp-{token}"));
                 std::fs::rename(entry.path(), &doomed)
                     .map_err(|e| crate::Error::io(entry.path(), e))?;
                 crate::remove_tree(&doomed)?;
+                lock.release_and_remove();
                 report.layers_removed.push(chain);
             }
         }
