@@ -231,3 +231,123 @@ fn containerd_with_kernel_overlay_mounts() {
 fn containerd_with_fuse_mounts() {
     pull_run_commit_gc("fuse");
 }
+
+fn inode(p: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap())
+}
+
+fn lamina(root: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(lamina_tests::bin("lamina"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lamina {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A layer containerd pulled through lamina and the same layer `lamina pull`
+/// wants are one dir, in both orders; each side's removal keeps what the
+/// other still uses.
+#[test]
+fn containerd_and_lamina_pull_share_layer_dirs() {
+    lamina_tests::require_tools!("umoci", "skopeo", "containerd", "ctr", "runc");
+    let Some(registry) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("lamina-svc-share-")
+        .tempdir()
+        .unwrap();
+    let layout = tmp.path().join("oci");
+    build_runnable_image(&layout, "v1").unwrap();
+    registry.put_oci(&layout, "v1", "lamina/a:v1").unwrap();
+    registry.put_oci(&layout, "v1", "lamina/b:v1").unwrap();
+    let (img_a, img_b) = (
+        format!("{}/lamina/a:v1", registry.host),
+        format!("{}/lamina/b:v1", registry.host),
+    );
+    let root = tmp.path().join("root");
+    let serve = Serve::start(&root, tmp.path(), "fuse", &[]).unwrap();
+    let Some(ctd) = Containerd::start(&serve.snapshotter_socket) else {
+        return;
+    };
+    let sn = ["--snapshotter", "lamina"];
+
+    // containerd first, then lamina: lamina adopts containerd's dirs.
+    ctd.ctr_ok(&[&["images", "pull", "--plain-http"][..], &sn, &[&img_a]].concat())
+        .unwrap();
+    let layers = root.join("layers");
+    let dirs = dir_names(&layers);
+    assert_eq!(dirs.len(), 2);
+    let inodes: Vec<u64> = dirs.iter().map(|d| inode(&layers.join(d))).collect();
+    lamina(&root, &["pull", &img_a]);
+    assert_eq!(dir_names(&layers), dirs, "no second copy");
+    let again: Vec<u64> = dirs.iter().map(|d| inode(&layers.join(d))).collect();
+    assert_eq!(inodes, again, "the very same dirs");
+
+    // containerd drops its image: the dirs stay, lamina's image uses them.
+    ctd.ctr_ok(&["images", "rm", &img_a]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(dir_names(&layers), dirs, "kept for lamina's image");
+    lamina(
+        &root,
+        &[
+            "mount",
+            &img_a,
+            tmp.path().join("m").to_str().unwrap(),
+            "--driver",
+            "kernel",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("m").join(LAYER2_FILE)).unwrap(),
+        LAYER2_CONTENT
+    );
+    lamina(&root, &["umount", tmp.path().join("m").to_str().unwrap()]);
+
+    // lamina first (image b has the same layers), then containerd: the
+    // extraction is committed onto the existing dirs.
+    ctd.ctr_ok(&[&["images", "pull", "--plain-http"][..], &sn, &[&img_b]].concat())
+        .unwrap();
+    assert_eq!(dir_names(&layers), dirs);
+    let again: Vec<u64> = dirs.iter().map(|d| inode(&layers.join(d))).collect();
+    assert_eq!(
+        inodes, again,
+        "containerd's copy was dropped, the store's dir kept"
+    );
+    assert!(dir_names(&root.join("snapshots")).is_empty());
+
+    // lamina drops its image and collects: containerd's snapshots keep the dirs.
+    lamina(&root, &["rmi", &img_a]);
+    lamina(&root, &["gc"]);
+    assert_eq!(dir_names(&layers), dirs, "held by containerd's snapshots");
+    let out = ctd
+        .ctr_ok(
+            &[
+                &["run", "--rm"][..],
+                &sn,
+                &[&img_b, "t1", "/bin/cat", &format!("/{LAYER2_FILE}")],
+            ]
+            .concat(),
+        )
+        .unwrap();
+    assert_eq!(out, LAYER2_CONTENT);
+
+    // Both gone: the dirs go.
+    ctd.ctr_ok(&["images", "rm", &img_b]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir_names(&layers).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "layers collected: {}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
