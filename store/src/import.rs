@@ -73,3 +73,50 @@ impl Store {
         self.register_image(Some(name), &manifest_digest)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testutil::{store, tar};
+
+    /// The generated manifest and config are valid OCI documents (parsed by
+    /// the oci-spec crate) that describe the stored layer.
+    #[test]
+    fn import_writes_valid_oci_documents() {
+        let (_d, s) = store();
+        let t = tar(&[("etc/hostname", b"lamina\n")]);
+        let img = s
+            .import_tar(&t[..], "imported:v1", "lamina import")
+            .unwrap();
+        assert_eq!(img.names, vec!["docker.io/library/imported:v1"]);
+        let (_, m) = s.manifest(&img.manifest_digest).unwrap();
+        let (_, c) = s.config(&img.config_digest).unwrap();
+        let m = oci_spec::image::ImageManifest::from_reader(&m[..]).unwrap();
+        let c = oci_spec::image::ImageConfiguration::from_reader(&c[..]).unwrap();
+        assert_eq!(m.layers().len(), 1);
+        assert_eq!(
+            m.layers()[0].digest().to_string(),
+            img.layers[0].digest.as_str()
+        );
+        assert_eq!(m.layers()[0].size(), t.len() as u64);
+        assert_eq!(
+            m.layers()[0].media_type().to_string(),
+            crate::images::media_types::OCI_LAYER_TAR
+        );
+        assert_eq!(
+            c.rootfs().diff_ids(),
+            &vec![crate::Digest::of(&t).to_string()]
+        );
+        assert_eq!(
+            c.history().as_ref().unwrap()[0].created_by().as_deref(),
+            Some("lamina import")
+        );
+        let created = c.created().as_deref().unwrap();
+        assert!(crate::time::parse_rfc3339(created).is_some(), "{created}");
+        assert_eq!(c.os().to_string(), "linux");
+        let dir = s.layer_dir(&img.layers[0].chain_id);
+        assert_eq!(
+            std::fs::read(dir.join("etc/hostname")).unwrap(),
+            b"lamina\n"
+        );
+    }
+}
