@@ -90,4 +90,9 @@ if [ -n "$t_import" ]; then
 else
   echo "lamina import: not available in this build"
 fi
+# Peak memory of the library unpack (must not grow with the layer).
+fresh_fs; mkdir -p "$MNT/out"
+rss=$(/usr/bin/time -f %M "$UNPACK" "$W/layer.tar.gz" "$MNT/out" 2>&1 >/dev/null | tail -1)
+drop_fs
+echo "lamina unpack peak RSS: $((rss / 1024)) MiB for a $(( $(stat -c %s "$W/layer.tar") >> 20 )) MiB layer"
 echo "targets: lamina <= 1.30 x tar, lamina < umoci"
