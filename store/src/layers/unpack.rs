@@ -20,7 +20,27 @@
 //!   without the privilege for mknod), `.wh..wh..opq` becomes the
 //!   `trusted.overlay.opaque=y` xattr (or the marker file). Layers cannot
 //!   set `trusted.overlay.*` xattrs themselves.
-//! - On error `dest` holds a partial layer; the caller deletes it.
+//! - On error `dest` holds a partial layer; the caller deletes it. An error
+//!   in either stage stops the other at once (the stream is not read to its
+//!   end).
+//!
+//! Decisions where the OCI image spec is silent (the same as containerd's
+//! overlay applier, and what `umoci unpack` produces for real images):
+//! - Symlinks are resolved inside the layer being unpacked only, as if its
+//!   directory were `/`: `a -> /` then `a/etc/x` writes the layer's `etc/x`.
+//!   A symlink that leads nowhere inside the layer makes the entry an error.
+//! - A directory the tar needs but does not list takes the owner, mode and
+//!   times of the same directory in the nearest lower layer (0755 root
+//!   otherwise), so the merged view keeps them.
+//! - A whiteout below a non-directory of the same layer is dropped (the
+//!   non-directory already hides everything below it; umoci writes these
+//!   when a directory became a file).
+//! - Hardlink targets are looked up in this layer, then in the lower layers
+//!   nearest first; a whiteout on the way means "not found".
+//! - Device nodes that cannot be created without privilege are skipped with
+//!   a warning; fifos, files and everything else never are.
+//! - Memory: a few 1 MiB chunks, plus one small record per directory (its
+//!   mode and times are applied at the end, deepest first).
 
 mod apply;
 pub mod error;
