@@ -156,3 +156,79 @@ fn errors_return_without_reading_the_rest_of_the_stream() -> Result<()> {
     ensure!(matches!(r, Err(UnpackError::Rejected { .. })), "{r:?}");
     Ok(())
 }
+
+/// Without CAP_SYS_ADMIN and CAP_MKNOD in the initial namespace (rootless),
+/// opaque dirs keep the `.wh..wh..opq` marker, whiteouts are 0/0 devices
+/// (which a user namespace may create) or `.wh.` markers, and real device
+/// nodes are skipped.
+#[test]
+fn rootless_unpack_keeps_markers() -> Result<()> {
+    let lamina = lamina_tests::bin("lamina");
+    if !is_root() || !lamina.exists() || !lamina_tests::unpack::have("unshare") {
+        eprintln!(
+            "SKIP rootless_unpack_keeps_markers: needs root (to make a user namespace), unshare and the lamina binary"
+        );
+        return Ok(());
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("lamina-unpack-rootless-")
+        .tempdir()?;
+    let layer = tmp.path().join("layer.tar");
+    std::fs::write(
+        &layer,
+        tar_of([
+            Entry::dir("d"),
+            Entry::file("d/.wh..wh..opq", ""),
+            Entry::file("d/f", "f"),
+            Entry::file(".wh.gone", ""),
+            Entry {
+                dev: (1, 3),
+                ..Entry::new(b'3', "null")
+            },
+            Entry::new(b'6', "fifo"),
+        ]),
+    )?;
+    let root = tmp.path().join("root");
+    let out = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user"])
+        .arg(&lamina)
+        .arg("--root")
+        .arg(&root)
+        .arg("import")
+        .arg(&layer)
+        .arg("rootless:latest")
+        .output()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("not implemented") {
+            eprintln!("SKIP rootless_unpack_keeps_markers: lamina import not implemented yet");
+            return Ok(());
+        }
+        anyhow::bail!("rootless import failed: {err}");
+    }
+    let layers: Vec<PathBuf> = std::fs::read_dir(root.join("layers"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("d").is_dir())
+        .collect();
+    ensure!(
+        layers.len() == 1,
+        "expected one layer dir, found {layers:?}"
+    );
+    let l = &layers[0];
+    ensure!(l.join("d/.wh..wh..opq").is_file(), "opaque marker missing");
+    ensure!(!opaque(&l.join("d")));
+    ensure!(
+        is_whiteout(&l.join("gone")) || l.join(".wh.gone").is_file(),
+        "whiteout missing"
+    );
+    ensure!(
+        std::fs::symlink_metadata(l.join("null")).is_err(),
+        "device created without CAP_MKNOD?"
+    );
+    ensure!(
+        std::fs::symlink_metadata(l.join("fifo"))?
+            .file_type()
+            .is_fifo()
+    );
+    Ok(())
+}
