@@ -117,13 +117,33 @@ fn valid_domain(d: &str) -> bool {
             .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`, the distribution spec's path component.
 fn valid_component(c: &str) -> bool {
     let b = c.as_bytes();
-    !b.is_empty()
-        && b.iter()
-            .all(|&x| matches!(x, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
+    let mut i = 0;
+    loop {
+        let start = i;
+        while i < b.len() && matches!(b[i], b'a'..=b'z' | b'0'..=b'9') {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+        if i == b.len() {
+            return true;
+        }
+        let sep = i;
+        while i < b.len() && b[i] == b'-' {
+            i += 1;
+        }
+        if i == sep {
+            match (b[i], b.get(i + 1)) {
+                (b'_', Some(b'_')) => i += 2,
+                (b'.' | b'_', _) => i += 1,
+                _ => return false,
+            }
+        }
+    }
 }
 
 fn valid_tag(t: &str) -> bool {
@@ -191,7 +211,7 @@ mod tests {
     }
 
     fn component() -> impl Strategy<Value = String> {
-        "[a-z0-9]([a-z0-9._-]{0,8}[a-z0-9])?"
+        "[a-z0-9]{1,4}((\\.|_|__|-{1,2})[a-z0-9]{1,4}){0,2}"
     }
 
     proptest! {
