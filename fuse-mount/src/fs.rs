@@ -69,7 +69,8 @@ pub struct Node {
 }
 
 struct NodeState {
-    fd: Arc<OwnedFd>,
+    /// O_PATH fd of the real file; dropped under fd pressure, reopened by path.
+    fd: Option<Arc<OwnedFd>>,
     layer: usize,
     parent: u64,
     name: OsString,
@@ -148,6 +149,8 @@ pub struct OverlayFs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     tmp_seq: AtomicU64,
+    fd_queue: Mutex<std::collections::VecDeque<u64>>,
+    fd_budget: usize,
     pub(crate) passthrough: AtomicBool,
     pub(crate) config: OverlayConfig,
 }
@@ -158,6 +161,37 @@ fn open_dir_path(path: &std::path::Path) -> OpResult<OwnedFd> {
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
+}
+
+/// How many node fds to keep open: most of the soft RLIMIT_NOFILE, the rest
+/// is left for open files and temporary fds.
+/// `LAMINA_FUSE_FD_BUDGET` overrides it (tests use a small one to exercise
+/// reopening).
+fn fd_budget() -> usize {
+    if let Some(n) = std::env::var("LAMINA_FUSE_FD_BUDGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return std::cmp::max(n, 16);
+    }
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    ((lim as usize) * 3 / 4).saturating_sub(512).max(256)
+}
+
+/// Opens `rel` under a layer root without following any symlink (the last
+/// component itself may be one: an O_PATH fd to it is returned).
+fn open_beneath(root: &OwnedFd, rel: &std::path::Path, extra: OFlags) -> OpResult<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC | extra;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let mut tries = 0;
+    loop {
+        match rfs::openat2(root, rel, flags, Mode::empty(), resolve) {
+            Err(Errno::AGAIN) if tries < 8 => tries += 1,
+            r => return r,
+        }
+    }
 }
 
 fn proc_path(fd: &impl AsRawFd) -> String {
@@ -209,6 +243,8 @@ impl OverlayFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             tmp_seq: AtomicU64::new(0),
+            fd_queue: Mutex::new(Default::default()),
+            fd_budget: fd_budget(),
             passthrough: AtomicBool::new(config.passthrough),
             config,
         };
@@ -218,7 +254,7 @@ impl OverlayFs {
             kind: FileType::Directory,
             lookups: AtomicU64::new(1),
             st: Mutex::new(NodeState {
-                fd: root_fd,
+                fd: Some(root_fd),
                 layer: 0,
                 parent: ROOT_INO,
                 name: OsString::new(),
@@ -253,9 +289,62 @@ impl OverlayFs {
             .ok_or(Errno::STALE)
     }
 
-    fn node_fd(&self, node: &Node) -> (Arc<OwnedFd>, usize) {
-        let st = node.st.lock().unwrap();
-        (st.fd.clone(), st.layer)
+    /// The O_PATH fd of a node's real file (reopened by path if it was
+    /// closed under fd pressure) and the layer it is in.
+    fn node_fd(&self, node: &Node) -> OpResult<(Arc<OwnedFd>, usize)> {
+        let layer = {
+            let st = node.st.lock().unwrap();
+            if let Some(fd) = &st.fd {
+                return Ok((fd.clone(), st.layer));
+            }
+            st.layer
+        };
+        let rel = self.rel_path(node)?;
+        let fd = Arc::new(open_beneath(&self.layers[layer], &rel, OFlags::empty())?);
+        let mut st = node.st.lock().unwrap();
+        if st.layer != layer {
+            // Copied up meanwhile: that fd is the right one.
+            if let Some(fd) = &st.fd {
+                return Ok((fd.clone(), st.layer));
+            }
+        }
+        st.fd = Some(fd.clone());
+        drop(st);
+        self.fd_opened(node.ino);
+        Ok((fd, layer))
+    }
+
+    /// Accounts for one more node fd; closes the oldest ones beyond the budget.
+    fn fd_opened(&self, ino: u64) {
+        let mut q = self.fd_queue.lock().unwrap();
+        q.push_back(ino);
+        if q.len() <= self.fd_budget {
+            return;
+        }
+        let nodes = self.nodes.lock().unwrap();
+        while q.len() > self.fd_budget * 9 / 10 {
+            let Some(old) = q.pop_front() else { break };
+            if old == ROOT_INO {
+                continue;
+            }
+            if let Some(n) = nodes.get(&old) {
+                n.st.lock().unwrap().fd = None;
+            }
+        }
+    }
+
+    /// A directory node's dir in one of its layers.
+    fn dir_in_layer(&self, dir: &Node, layer: usize) -> OpResult<Arc<OwnedFd>> {
+        let (fd, top) = self.node_fd(dir)?;
+        if top == layer {
+            return Ok(fd);
+        }
+        let rel = self.rel_path(dir)?;
+        Ok(Arc::new(open_beneath(
+            &self.layers[layer],
+            &rel,
+            OFlags::DIRECTORY,
+        )?))
     }
 
     fn in_upper(&self, node: &Node) -> bool {
@@ -288,52 +377,35 @@ impl OverlayFs {
 
     /// The merged index of a directory node, built on first use.
     pub(crate) fn index(&self, node: &Node) -> OpResult<Arc<DirIndex>> {
-        let (chain, top_fd, top_layer) = {
+        let chain = {
             let st = node.st.lock().unwrap();
             if let Some(ix) = &st.index {
                 return Ok(ix.clone());
             }
-            (st.chain.clone(), st.fd.clone(), st.layer)
+            st.chain.clone()
         };
         if node.kind != FileType::Directory {
             return Err(Errno::NOTDIR);
         }
-        let rel = if chain.iter().any(|&l| l != top_layer) {
-            Some(self.rel_path(node)?)
-        } else {
-            None
-        };
-        let mut dirs = Vec::new();
+        let mut layers = Vec::new();
         let mut listings = Vec::new();
         for &l in &chain {
-            let fd = if l == top_layer {
-                top_fd.clone()
-            } else {
-                let how = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                let resolve =
-                    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-                match rfs::openat2(
-                    &*self.layers[l],
-                    rel.as_ref().unwrap(),
-                    how,
-                    Mode::empty(),
-                    resolve,
-                ) {
-                    Ok(fd) => Arc::new(fd),
-                    // The chain said it is a dir there; a concurrent change of
-                    // a lower layer is not supported, so stop merging.
-                    Err(_) => break,
-                }
+            let fd = match self.dir_in_layer(node, l) {
+                Ok(fd) => fd,
+                // The chain said it is a dir there; a concurrent change of
+                // a lower layer is not supported, so stop merging.
+                Err(_) if !layers.is_empty() => break,
+                Err(e) => return Err(e),
             };
             let (list, opaque) = layer::read_layer_dir(&fd)?;
-            dirs.push((l, fd));
+            layers.push(l);
             listings.push((l, list, opaque));
             if opaque {
                 break;
             }
         }
         let (entries, _) = layer::merge(listings);
-        let ix = Arc::new(DirIndex { dirs, entries });
+        let ix = Arc::new(DirIndex { layers, entries });
         node.st.lock().unwrap().index = Some(ix.clone());
         Ok(ix)
     }
@@ -374,7 +446,17 @@ impl OverlayFs {
                     s.parent = parent;
                     s.name = name.to_owned();
                 }
-                return n.clone();
+                let reopened = s.fd.is_none() && s.layer == layer;
+                if reopened {
+                    s.fd = Some(Arc::new(fd));
+                }
+                drop(s);
+                let n = n.clone();
+                drop(nodes);
+                if reopened {
+                    self.fd_opened(ino);
+                }
+                return n;
             }
         }
         let n = Arc::new(Node {
@@ -382,7 +464,7 @@ impl OverlayFs {
             kind,
             lookups: AtomicU64::new(u64::from(count)),
             st: Mutex::new(NodeState {
-                fd: Arc::new(fd),
+                fd: Some(Arc::new(fd)),
                 layer,
                 parent,
                 name: name.to_owned(),
@@ -392,6 +474,8 @@ impl OverlayFs {
             backing: Mutex::new(Weak::new()),
         });
         nodes.insert(ino, n.clone());
+        drop(nodes);
+        self.fd_opened(ino);
         n
     }
 
@@ -409,9 +493,9 @@ impl OverlayFs {
         let State::Present { layer, kind } = e.state else {
             return Ok(None);
         };
-        let dirfd = ix.dir_fd(layer).ok_or(Errno::IO)?;
+        let dirfd = self.dir_in_layer(parent, layer)?;
         let fd = rfs::openat(
-            &**dirfd,
+            &*dirfd,
             name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
@@ -428,7 +512,7 @@ impl OverlayFs {
             count,
         );
         let st = if node.st.lock().unwrap().layer != layer {
-            rfs::fstat(&*self.node_fd(&node).0)?
+            rfs::fstat(&*self.node_fd(&node)?.0)?
         } else {
             st
         };
@@ -437,7 +521,7 @@ impl OverlayFs {
 
     /// Stat of a node's real file.
     pub fn stat(&self, node: &Node) -> OpResult<Stat> {
-        rfs::fstat(&*self.node_fd(node).0)
+        rfs::fstat(&*self.node_fd(node)?.0)
     }
 
     /// Whether a directory is merged from more than one layer (its nlink is
@@ -497,7 +581,7 @@ impl OverlayFs {
     /// `readlink`.
     pub fn op_readlink(&self, ino: u64) -> OpResult<Vec<u8>> {
         let node = self.node(ino)?;
-        let (fd, _) = self.node_fd(&node);
+        let (fd, _) = self.node_fd(&node)?;
         Ok(rfs::readlinkat(&*fd, "", Vec::new())?.into_bytes())
     }
 
@@ -522,7 +606,7 @@ impl OverlayFs {
                 self.copy_up(&node, size == Some(0))?;
             }
         }
-        let (fd, _) = self.node_fd(&node);
+        let (fd, _) = self.node_fd(&node)?;
         if uid.is_some() || gid.is_some() {
             let u = uid.map(rfs::Uid::from_raw);
             let g = gid.map(rfs::Gid::from_raw);
@@ -589,7 +673,7 @@ impl OverlayFs {
         if !self.in_upper(&p) {
             return Err(Errno::IO);
         }
-        Ok((self.node_fd(&p).0, name))
+        Ok((self.node_fd(&p)?.0, name))
     }
 
     // ---- copy-up -----------------------------------------------------------------------
@@ -609,13 +693,14 @@ impl OverlayFs {
         if self.in_upper(node) {
             return Ok(());
         }
-        let (parent_ino, name, src_fd) = {
+        let (parent_ino, name) = {
             let st = node.st.lock().unwrap();
-            (st.parent, st.name.clone(), st.fd.clone())
+            (st.parent, st.name.clone())
         };
+        let src_fd = self.node_fd(node)?.0;
         let parent = self.node(parent_ino)?;
         self.copy_up(&parent, false)?;
-        let upper_parent = self.node_fd(&parent).0;
+        let upper_parent = self.node_fd(&parent)?.0;
         let work = self.work.as_ref().ok_or(Errno::ROFS)?;
         let st = rfs::fstat(&*src_fd)?;
         let tmp = self.tmp_name();
@@ -704,15 +789,16 @@ impl OverlayFs {
         }
         {
             let mut s = node.st.lock().unwrap();
-            s.fd = fd.clone();
+            s.fd = Some(fd.clone());
             s.layer = 0;
             if node.kind == FileType::Directory {
                 s.chain.insert(0, 0);
                 if let Some(ix) = s.index.as_mut() {
-                    Arc::make_mut(ix).dirs.insert(0, (0, fd));
+                    Arc::make_mut(ix).layers.insert(0, 0);
                 }
             }
         }
+        self.fd_opened(node.ino);
         self.update_index(&parent, |ix| {
             if let Some(e) = ix.entries.get_mut(&name) {
                 if let State::Present { kind, .. } = e.state {
@@ -776,7 +862,7 @@ impl OverlayFs {
             return Err(Errno::EXIST);
         }
         self.copy_up(parent, false)?;
-        let dirfd = self.node_fd(parent).0;
+        let dirfd = self.node_fd(parent)?.0;
         if old.as_ref().is_some_and(|e| e.upper_whiteout) {
             rfs::unlinkat(&*dirfd, name, AtFlags::empty())?;
             self.update_index(parent, |ix| {
@@ -848,7 +934,7 @@ impl OverlayFs {
         let node = self.node_for(&st, kind, fd, 0, parent.ino, name, vec![0], true);
         if kind == FileType::Directory {
             node.st.lock().unwrap().index = Some(Arc::new(DirIndex {
-                dirs: vec![(0, self.node_fd(&node).0)],
+                layers: vec![0],
                 entries: Default::default(),
             }));
         }
@@ -985,7 +1071,7 @@ impl OverlayFs {
         let p = self.node(newparent)?;
         let (dirfd, old) = self.prepare_new(&p, newname)?;
         self.copy_up(&node, false)?;
-        let (fd, _) = self.node_fd(&node);
+        let (fd, _) = self.node_fd(&node)?;
         rfs::linkat(&*fd, "", &*dirfd, newname, AtFlags::EMPTY_PATH)?;
         let lower_positive = old.as_ref().is_some_and(|e| e.lower_positive);
         self.update_index(&p, |ix| {
@@ -1041,7 +1127,9 @@ impl OverlayFs {
     }
 
     fn forget_identity_if_gone(&self, node: &Node) {
-        let (fd, layer) = self.node_fd(node);
+        let Ok((fd, layer)) = self.node_fd(node) else {
+            return;
+        };
         if layer == 0 && self.has_upper {
             if let Ok(st) = rfs::fstat(&*fd) {
                 if st.st_nlink == 0 {
@@ -1077,10 +1165,10 @@ impl OverlayFs {
             return Err(Errno::NOTEMPTY);
         }
         self.copy_up(&p, false)?;
-        let dirfd = self.node_fd(&p).0;
+        let dirfd = self.node_fd(&p)?.0;
         if layer == 0 {
             if is_dir {
-                Self::clear_whiteouts(&self.node_fd(&child).0)?;
+                Self::clear_whiteouts(&self.node_fd(&child)?.0)?;
             }
             if e.lower_positive {
                 self.whiteout(&dirfd, name, Some(is_dir))?;
@@ -1196,15 +1284,15 @@ impl OverlayFs {
         if exchange {
             full(dst.as_ref().unwrap())?;
         }
-        let sfd = self.node_fd(&sp).0;
-        let dfd = self.node_fd(&dp).0;
+        let sfd = self.node_fd(&sp)?.0;
+        let dfd = self.node_fd(&dp)?.0;
         let dst_lower = de.as_ref().is_some_and(|e| e.lower_positive);
         if exchange {
             rfs::renameat_with(&*sfd, name, &*dfd, newname, RenameFlags::EXCHANGE)?;
         } else {
             if let Some(d) = &dst {
                 if d.kind == FileType::Directory && self.in_upper(d) {
-                    Self::clear_whiteouts(&self.node_fd(d).0)?;
+                    Self::clear_whiteouts(&self.node_fd(d)?.0)?;
                 }
             }
             if de.as_ref().is_some_and(|e| e.upper_whiteout) && src.kind == FileType::Directory {
@@ -1225,7 +1313,7 @@ impl OverlayFs {
         }
         let set_opaque = |n: &Arc<Node>| -> OpResult<()> {
             if n.kind == FileType::Directory {
-                let fd = self.node_fd(n).0;
+                let fd = self.node_fd(n)?.0;
                 rfs::setxattr(
                     proc_path(&*fd),
                     layer::OPAQUE_XATTR,
@@ -1278,7 +1366,7 @@ impl OverlayFs {
     // ---- open files --------------------------------------------------------------------
 
     fn reopen(&self, node: &Node, flags: i32) -> OpResult<File> {
-        let (fd, _) = self.node_fd(node);
+        let (fd, _) = self.node_fd(node)?;
         let keep = libc::O_ACCMODE
             | libc::O_APPEND
             | libc::O_NONBLOCK
@@ -1300,7 +1388,7 @@ impl OverlayFs {
             let _g = self.ns.write().unwrap();
             self.copy_up(&node, trunc)?;
         }
-        let (_, layer) = self.node_fd(&node);
+        let (_, layer) = self.node_fd(&node)?;
         let file = self.reopen(&node, flags)?;
         if trunc && node.kind == FileType::RegularFile {
             rfs::ftruncate(&file, 0)?;
@@ -1396,7 +1484,7 @@ impl OverlayFs {
                 }
             }
             Handle::Dir { node, .. } => {
-                let (fd, _) = self.node_fd(node);
+                let (fd, _) = self.node_fd(node)?;
                 let d = rfs::openat(
                     &*fd,
                     ".",
@@ -1466,7 +1554,7 @@ impl OverlayFs {
         if node.kind == FileType::Symlink {
             return Err(Errno::NOTSUP);
         }
-        Ok(proc_path(&*self.node_fd(node).0))
+        Ok(proc_path(&*self.node_fd(node)?.0))
     }
 
     /// `getxattr` (overlay-private names are hidden).

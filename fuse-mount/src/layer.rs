@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
 
 /// Marker entry that makes a directory opaque.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -105,22 +104,14 @@ impl Entry {
 /// A merged directory: the dir in each layer of its chain, and its names.
 #[derive(Clone, Debug, Default)]
 pub struct DirIndex {
-    /// `(layer, O_PATH fd of this dir in that layer)`, top first; only the
-    /// layers actually merged (the chain cut at the first opaque layer).
-    pub dirs: Vec<(usize, Arc<OwnedFd>)>,
+    /// The layers actually merged, top first (the chain cut at the first
+    /// opaque layer).
+    pub layers: Vec<usize>,
     /// Every name, whiteouts included (they matter for later writes).
     pub entries: BTreeMap<OsString, Entry>,
 }
 
 impl DirIndex {
-    /// The dir's fd in `layer`, if merged from it.
-    pub fn dir_fd(&self, layer: usize) -> Option<&Arc<OwnedFd>> {
-        self.dirs
-            .iter()
-            .find(|(l, _)| *l == layer)
-            .map(|(_, fd)| fd)
-    }
-
     /// Names shown, in order, with their types.
     pub fn visible(&self) -> impl Iterator<Item = (&OsString, FileType)> {
         self.entries.iter().filter_map(|(n, e)| match e.state {
