@@ -45,6 +45,11 @@ fn import_list_inspect_tag_rmi_gc() {
     // inspect: manifest, config, layers with chain ids and dirs
     let inspect = s.json(&["inspect", "myapp:1"]);
     assert_eq!(inspect["id"], id.as_str());
+    let repo_digest = format!(
+        "docker.io/library/myapp@{}",
+        inspect["manifest_digest"].as_str().unwrap()
+    );
+    assert_eq!(inspect["repo_digests"], serde_json::json!([repo_digest]));
     assert_eq!(
         inspect["manifest"]["mediaType"],
         "application/vnd.oci.image.manifest.v1+json"

@@ -36,6 +36,11 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let out = serde_json::json!({
         "id": img.id,
         "names": img.names,
+        "repo_digests": img
+            .names
+            .iter()
+            .map(|n| format!("{}@{}", lamina_store::reference::split_repo_tag(n).0, img.manifest_digest))
+            .collect::<std::collections::BTreeSet<_>>(),
         "manifest_digest": img.manifest_digest,
         "manifest_media_type": img.manifest_media_type,
         "config_digest": img.config_digest,
