@@ -376,3 +376,69 @@ fn diff_id_mismatch_is_reported() -> Result<()> {
     ensure!(err.to_string().contains("hostile-layer") && err.to_string().contains(&wrong));
     Ok(())
 }
+
+mod random {
+    //! Random archives built from hostile pieces: whatever the mix, the
+    //! unpack never touches anything outside the layer dir and never panics.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        let comp = prop_oneof![
+            Just("a".to_owned()),
+            Just("dir".to_owned()),
+            Just("file".to_owned()),
+            Just("..".to_owned()),
+            Just(".wh.file".to_owned()),
+            Just(".wh..wh..opq".to_owned()),
+            Just("SENTINEL".to_owned()),
+        ];
+        (any::<bool>(), proptest::collection::vec(comp, 1..4)).prop_map(|(abs, c)| {
+            let p = c.join("/");
+            if abs { format!("/{p}") } else { p }
+        })
+    }
+
+    fn entry() -> impl Strategy<Value = (u8, String, String)> {
+        // Targets that would reach the sentinel if a symlink were followed
+        // outside the layer (never `/` itself: a broken unpacker must not
+        // be able to damage the machine running the test).
+        let target = prop_oneof![
+            Just("../../sentinel".to_owned()),
+            Just("../../sentinel/dir".to_owned()),
+            Just("SENTINEL".to_owned()),
+            Just("SENTINEL/dir/file".to_owned()),
+            Just("a".to_owned()),
+            Just("dir/file".to_owned()),
+        ];
+        (
+            prop_oneof![Just(b'0'), Just(b'5'), Just(b'2'), Just(b'1')],
+            name(),
+            target,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn nothing_escapes(entries in proptest::collection::vec(entry(), 1..16)) {
+            let sb = Sandbox::new().unwrap();
+            let sentinel = sb.sentinel_abs();
+            let fix = |s: &str| s.replace("SENTINEL", &sentinel);
+            let tar = tar_of(entries.iter().map(|(kind, name, target)| {
+                let name = fix(name);
+                match kind {
+                    b'0' => Entry::file(&name, "x"),
+                    b'5' => Entry::dir(&name),
+                    b'2' => Entry::symlink(&name, fix(target)),
+                    _ => Entry::hardlink(&name, fix(target)),
+                }
+            }));
+            let r = run(&sb, &tar);
+            if let Err(e) = &r {
+                prop_assert!(e.to_string().contains("hostile-layer"), "{}", e);
+            }
+            sb.assert_outside_untouched().map_err(|e| TestCaseError::fail(format!("{e:#} after {entries:?} -> {r:?}")))?;
+        }
+    }
+}
