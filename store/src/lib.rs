@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! <root>/
-//!   lamina.db (+ -wal, -shm)   metadata, see [`db`](crate) module docs
+//!   lamina.db (+ -wal, -shm)   metadata; schema and migrations in the `db` module
 //!   blobs/sha256/<hex>         verified immutable blobs           (content)
 //!   ingest/<sha256(key)>/      resumable partial blobs            (content)
 //!   layers/<chainid hex>/      one unpacked layer, overlayfs format (layers)
