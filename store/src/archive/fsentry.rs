@@ -14,6 +14,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Prefix of a whiteout entry's name in an OCI layer.
 pub const WH_PREFIX: &[u8] = b".wh.";
@@ -174,6 +175,8 @@ pub struct EntryWriter {
     buf: Vec<u8>,
     /// Write sparse files as PAX sparse entries (else as plain data).
     pub sparse: bool,
+    /// Regular files appended so far (paces [`prefetch`]).
+    pub files_done: std::sync::Arc<AtomicUsize>,
 }
 
 impl EntryWriter {
@@ -183,6 +186,7 @@ impl EntryWriter {
             links: HashMap::new(),
             buf: vec![0u8; 1 << 20],
             sparse,
+            files_done: Default::default(),
         }
     }
 
@@ -200,6 +204,9 @@ impl EntryWriter {
     ) -> Result<()> {
         let ft = meta.file_type();
         let out_err = io_at(out_path);
+        if ft.is_file() {
+            self.files_done.fetch_add(1, Ordering::Relaxed);
+        }
         if !ft.is_dir() && meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
             if let Some(first) = self.links.get(&key) {
@@ -319,6 +326,54 @@ fn data_segments(f: &mut File, size: u64) -> io::Result<Option<Vec<(u64, u64)>>>
         segs.push((size, 0));
     }
     Ok(Some(segs))
+}
+
+/// Walks `root` in archive order ahead of an [`EntryWriter`] and asks the
+/// kernel to read each regular file in (`POSIX_FADV_WILLNEED`), at most
+/// `ahead` files ahead of `done`, so that reading many small cold files
+/// keeps the disk queue full. Best effort: errors are ignored (the writer
+/// reports them). Returns when the walk ends or `stop` is set.
+pub fn prefetch(root: &Path, done: &AtomicUsize, stop: &AtomicBool, ahead: usize) {
+    fn walk(dir: &Path, count: &mut usize, done: &AtomicUsize, stop: &AtomicBool, ahead: usize) {
+        let Ok(names) = sorted_names(dir) else { return };
+        for name in names {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let path = dir.join(&name);
+            let Ok(meta) = path.symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                walk(&path, count, done, stop, ahead);
+            } else if meta.is_file() {
+                *count += 1;
+                while *count > done.load(Ordering::Relaxed) + ahead {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                // Only files with data on disk; sparse ones are read by extent anyway.
+                if meta.len() > 0
+                    && meta.blocks() * 512 >= meta.len()
+                    && let Ok(f) = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
+                        .open(&path)
+                {
+                    let _ = rustix::fs::fadvise(
+                        &f,
+                        0,
+                        std::num::NonZeroU64::new(meta.len()),
+                        rustix::fs::Advice::WillNeed,
+                    );
+                }
+            }
+        }
+    }
+    let mut count = 0;
+    walk(root, &mut count, done, stop, ahead);
 }
 
 /// Reads a small file fully (for tests and markers).

@@ -91,7 +91,11 @@ pub struct LayerDigests {
 
 /// Writes the layer tar of `upper` to `out`, compressed as asked, and returns
 /// both digests and the writer.
-pub fn write_layer<W: Write>(
+///
+/// Reading and tar-building (with the diff id hash) run on the calling
+/// thread; compression, the blob hash and writing to `out` run on a second
+/// thread fed with 1 MiB chunks, so the two overlap.
+pub fn write_layer<W: Write + Send>(
     upper: &Path,
     out: W,
     opts: &LayerOptions,
@@ -102,23 +106,34 @@ pub fn write_layer<W: Write>(
         source,
     };
     let blob = HashWriter::new(BufWriter::with_capacity(1 << 20, out));
-    let (tar_digests, blob) = match opts.compression {
-        Compression::Gzip => {
-            let enc = flate2::GzBuilder::new().write(blob, flate2::Compression::default());
-            let (d, enc) = write_tar(upper, enc, opts)?;
-            (d, enc.finish().map_err(io_out)?)
-        }
-        Compression::Zstd => {
-            let mut enc = zstd::stream::write::Encoder::new(blob, 3).map_err(io_out)?;
-            enc.include_checksum(false).map_err(io_out)?;
-            let (d, enc) = write_tar(upper, enc, opts)?;
-            (d, enc.finish().map_err(io_out)?)
-        }
-        Compression::None => write_tar(upper, blob, opts)?,
+    let ((diff_id, uncompressed_size), blob) = if opts.compression == Compression::None {
+        write_tar(upper, blob, opts)?
+    } else {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let compression = opts.compression;
+        std::thread::scope(|scope| {
+            let worker = scope.spawn(move || compress(rx, blob, compression));
+            let sender = ChunkSender {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+            };
+            let tar = write_tar(upper, sender, opts).and_then(|(d, sender)| {
+                sender.close().map_err(io_out)?;
+                Ok(d)
+            });
+            let compressed = worker
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("compression thread panicked")));
+            match (tar, compressed) {
+                (Ok(d), Ok(blob)) => Ok((d, blob)),
+                // A failed compressor makes the tar side fail too; report the cause.
+                (_, Err(e)) => Err(io_out(e)),
+                (Err(e), Ok(_)) => Err(e),
+            }
+        })?
     };
     let (digest, size, buffered) = blob.finish();
     let out = buffered.into_inner().map_err(|e| io_out(e.into_error()))?;
-    let (diff_id, uncompressed_size) = tar_digests;
     Ok((
         LayerDigests {
             diff_id,
@@ -131,13 +146,95 @@ pub fn write_layer<W: Write>(
     ))
 }
 
+const CHUNK: usize = 1 << 20;
+
+/// How many files the read-ahead thread may be ahead of the tar writer.
+const PREFETCH_AHEAD: usize = 256;
+
+/// The tar side of the compression pipeline: sends full chunks to the compressor.
+struct ChunkSender {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .send(chunk)
+            .map_err(|_| std::io::Error::other("the compression thread stopped"))
+    }
+
+    /// Sends what is buffered and closes the channel.
+    fn close(mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The compressor side: everything received, compressed into `blob`.
+fn compress<B: Write>(
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    blob: B,
+    compression: Compression,
+) -> std::io::Result<B> {
+    match compression {
+        Compression::Gzip => {
+            let mut enc = flate2::GzBuilder::new().write(blob, flate2::Compression::default());
+            for chunk in rx {
+                enc.write_all(&chunk)?;
+            }
+            enc.finish()
+        }
+        Compression::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(blob, 3)?;
+            enc.include_checksum(false)?;
+            for chunk in rx {
+                enc.write_all(&chunk)?;
+            }
+            enc.finish()
+        }
+        Compression::None => {
+            let mut blob = blob;
+            for chunk in rx {
+                blob.write_all(&chunk)?;
+            }
+            Ok(blob)
+        }
+    }
+}
+
 /// Writes the uncompressed layer tar of `upper` into `out`; returns its digest and size.
 fn write_tar<W: Write>(upper: &Path, out: W, opts: &LayerOptions) -> Result<((String, u64), W)> {
     let out_name = PathBuf::from("<layer stream>");
     let hashed = HashWriter::new(BufWriter::with_capacity(256 << 10, out));
     let mut tw = TarWriter::new(hashed);
     let mut ew = EntryWriter::new(opts.sparse);
-    walk_upper(upper, &[], &mut tw, &mut ew, &out_name)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let done = ew.files_done.clone();
+    std::thread::scope(|scope| {
+        scope.spawn(|| fsentry::prefetch(upper, &done, &stop, PREFETCH_AHEAD));
+        let walked = walk_upper(upper, &[], &mut tw, &mut ew, &out_name);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        walked
+    })?;
     let hashed = tw.finish().map_err(|source| Error::Io {
         path: out_name.clone(),
         source,
