@@ -48,27 +48,29 @@ fresh_fs() {
 drop_fs() { umount "$MNT"; rm -f "$W/fs.img"; }
 trap 'umount "$MNT" 2>/dev/null || true' EXIT
 
-# best_of COMMAND...: runs COMMAND RUNS times, each on a fresh file system
-# mounted at $MNT, prints the best wall time (mkfs and sync are not timed).
+# best_of FUNCTION: runs FUNCTION RUNS times, each on a fresh file system
+# mounted at $MNT; prints "WALL CPU" (seconds) of the run with the best wall
+# time. CPU is user+sys of every process involved (less sensitive to other
+# load on the machine than wall time). mkfs and sync are not timed.
 best_of() {
-  local best=""
+  local best="" cpu=""
   for _ in $(seq "$RUNS"); do
     fresh_fs; sync
-    local t0 t1 t
-    t0=$(date +%s.%N)
-    "$@" >/dev/null
-    t1=$(date +%s.%N)
+    local out e u s
+    out=$(/usr/bin/time -f '%e %U %S' bash -c "$1" 2>&1 >/dev/null | tail -1)
+    read -r e u s <<<"$out"
     drop_fs
-    t=$(echo "$t1 - $t0" | bc)
-    if [ -z "$best" ] || [ "$(echo "$t < $best" | bc)" = 1 ]; then best=$t; fi
+    if [ -z "$best" ] || [ "$(echo "$e < $best" | bc)" = 1 ]; then best=$e; cpu=$(echo "$u + $s" | bc); fi
   done
-  echo "$best"
+  echo "$best $cpu"
 }
 
 tar_x() { mkdir -p "$MNT/out" && pigz -dc "$W/layer.tar.gz" | tar -x --numeric-owner --xattrs --xattrs-include='*' -C "$MNT/out"; }
 umoci_x() { umoci unpack --image "$W/oci:bench" "$MNT/out"; }
 lamina_lib() { mkdir -p "$MNT/out" && "$UNPACK" "$W/layer.tar.gz" "$MNT/out"; }
 lamina_import() { "$LAMINA" --root "$MNT/root" import "$W/layer.tar.gz" bench:latest; }
+export W MNT UNPACK LAMINA
+export -f tar_x umoci_x lamina_lib lamina_import
 
 t_tar=$(best_of tar_x)
 t_umoci=$(best_of umoci_x)
@@ -80,13 +82,17 @@ else
 fi
 rm -rf "$W/probe"
 
+read -r t_tar c_tar <<<"$t_tar"
+read -r t_umoci c_umoci <<<"$t_umoci"
+read -r t_lib c_lib <<<"$t_lib"
 ratio() { echo "scale=2; $1 / $t_tar" | bc; }
-printf '%-34s %8s %8s\n' "unpack of one gzip layer" seconds "x tar"
-printf '%-34s %8.2f %8s\n' "pigz -dc | tar -x" "$t_tar" 1.00
-printf '%-34s %8.2f %8s\n' "umoci unpack" "$t_umoci" "$(ratio "$t_umoci")"
-printf '%-34s %8.2f %8s\n' "lamina unpack (library)" "$t_lib" "$(ratio "$t_lib")"
+printf '%-34s %8s %8s %8s\n' "unpack of one gzip layer" wall-s "x tar" cpu-s
+printf '%-34s %8.2f %8s %8.2f\n' "pigz -dc | tar -x" "$t_tar" 1.00 "$c_tar"
+printf '%-34s %8.2f %8s %8.2f\n' "umoci unpack" "$t_umoci" "$(ratio "$t_umoci")" "$c_umoci"
+printf '%-34s %8.2f %8s %8.2f\n' "lamina unpack (library)" "$t_lib" "$(ratio "$t_lib")" "$c_lib"
 if [ -n "$t_import" ]; then
-  printf '%-34s %8.2f %8s\n' "lamina import (blob + unpack + db)" "$t_import" "$(ratio "$t_import")"
+  read -r t_import c_import <<<"$t_import"
+  printf '%-34s %8.2f %8s %8.2f\n' "lamina import (blob + unpack + db)" "$t_import" "$(ratio "$t_import")" "$c_import"
 else
   echo "lamina import: not available in this build"
 fi
