@@ -7,8 +7,9 @@ use lamina_store::Store;
 /// Arguments of `lamina load`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Input file: a docker-archive (old or new layout) or an OCI archive.
-    #[arg(short, long)]
+    /// Input file: a docker-archive (old or new layout) or an OCI archive;
+    /// `-` or none reads standard input.
+    #[arg(short, long, default_value = "-")]
     pub input: std::path::PathBuf,
 }
 
@@ -16,8 +17,19 @@ pub struct Args {
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let store = Store::open(&ctx.root)
         .with_context(|| format!("opening the store at {}", ctx.root.display()))?;
-    let loaded = lamina_store::archive::load::load_file(&store, &args.input)
-        .with_context(|| format!("loading {}", args.input.display()))?;
+    let loaded = if args.input.as_os_str() == "-" {
+        let stdin = std::io::stdin().lock();
+        lamina_store::archive::load::load(
+            &store,
+            std::io::BufReader::with_capacity(1 << 20, stdin),
+            None,
+            std::path::Path::new("<stdin>"),
+        )
+        .context("loading from standard input")?
+    } else {
+        lamina_store::archive::load::load_file(&store, &args.input)
+            .with_context(|| format!("loading {}", args.input.display()))?
+    };
     for img in loaded {
         if img.names.is_empty() {
             println!("Loaded image ID: {}", img.id);
