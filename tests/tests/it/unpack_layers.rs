@@ -107,6 +107,21 @@ fn whiteouts_opaque_dirs_and_lower_hardlinks() -> Result<()> {
         "whiteout then dir: opaque dir"
     );
 
+    // A whiteout, then entries below the same name without a dir entry:
+    // the dir is deleted and made again, so it is opaque.
+    let l4 = tmp.path().join("l4");
+    std::fs::create_dir(&l4)?;
+    unpack(
+        &tar_of([Entry::file(".wh.a", ""), Entry::file("a/new", "n")])[..],
+        &l4,
+        &lowers,
+        "l4",
+    )?;
+    ensure!(
+        opaque(&l4.join("a")) && std::fs::read(l4.join("a/new"))? == b"n",
+        "whiteout then a/new"
+    );
+
     // A hardlink to a file whited out in a nearer layer has no target.
     let l3 = tmp.path().join("l3");
     std::fs::create_dir(&l3)?;
@@ -229,6 +244,60 @@ fn rootless_unpack_keeps_markers() -> Result<()> {
         std::fs::symlink_metadata(l.join("fifo"))?
             .file_type()
             .is_fifo()
+    );
+    Ok(())
+}
+
+/// A lower layer on another file system (tmpfs under /dev/shm): `link()`
+/// fails with EXDEV and the hardlink becomes a copy with the same metadata.
+#[test]
+fn hardlink_to_a_lower_layer_on_another_fs_is_copied() -> Result<()> {
+    let shm = Path::new("/dev/shm");
+    if !is_root() || !shm.is_dir() {
+        eprintln!(
+            "SKIP hardlink_to_a_lower_layer_on_another_fs_is_copied: needs root and /dev/shm"
+        );
+        return Ok(());
+    }
+    let lower = tempfile::Builder::new()
+        .prefix("lamina-unpack-lower-")
+        .tempdir_in(shm)?;
+    let upper = tempfile::Builder::new()
+        .prefix("lamina-unpack-upper-")
+        .tempdir()?;
+    if std::fs::metadata(lower.path())?.dev() == std::fs::metadata(upper.path())?.dev() {
+        eprintln!(
+            "SKIP hardlink_to_a_lower_layer_on_another_fs_is_copied: /dev/shm is on the same fs"
+        );
+        return Ok(());
+    }
+    unpack(
+        &tar_of([Entry {
+            mode: 0o4711,
+            uid: 3,
+            gid: 4,
+            mtime: 1_222_333_444,
+            ..Entry::file("f", "lower content")
+        }])[..],
+        lower.path(),
+        &[],
+        "lower",
+    )?;
+    unpack(
+        &tar_of([Entry::hardlink("h", "f")])[..],
+        upper.path(),
+        &[lower.path().to_path_buf()],
+        "upper",
+    )?;
+    let m = std::fs::symlink_metadata(upper.path().join("h"))?;
+    ensure!(std::fs::read(upper.path().join("h"))? == b"lower content");
+    ensure!(
+        (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()) == (0o4711, 3, 4, 1_222_333_444),
+        "copy lost metadata: {:o} {}:{} {}",
+        m.mode(),
+        m.uid(),
+        m.gid(),
+        m.mtime()
     );
     Ok(())
 }

@@ -26,8 +26,7 @@ use super::error::UnpackError;
 use super::fs::{self as lfs, DIR_FLAGS, Tree};
 use super::path::{self, NameKind};
 
-/// The xattr that makes a directory opaque for overlayfs.
-pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+pub use super::fs::OPAQUE_XATTR;
 /// xattrs overlayfs interprets; a layer may not set them (a forged
 /// `redirect` would make the mount look elsewhere).
 const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
@@ -342,12 +341,9 @@ impl<'a> Applier<'a> {
 
     /// Makes the directory `dir` opaque.
     fn opaque(&self, raw: &[u8], dir: BorrowedFd<'_>) -> Result<(), UnpackError> {
-        match rustix::fs::fsetxattr(dir, OPAQUE_XATTR, b"y", XattrFlags::empty()) {
-            Ok(()) => Ok(()),
-            // No CAP_SYS_ADMIN for trusted.*: keep the marker (fuse-overlayfs reads it).
-            Err(Errno::PERM) => self.marker(raw, dir, path::OPAQUE_MARKER),
-            Err(e) => Err(self.failed(raw, "set opaque xattr")(e.into())),
-        }
+        // Without CAP_SYS_ADMIN for trusted.*, the marker file stays
+        // (fuse-overlayfs reads it).
+        lfs::set_opaque(dir).map_err(self.failed(raw, "make directory opaque"))
     }
 
     fn marker(&self, raw: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), UnpackError> {

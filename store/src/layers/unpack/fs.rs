@@ -19,7 +19,10 @@ use std::path::Path;
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
-use super::path::split_parent;
+use super::path::{OPAQUE_MARKER, split_parent};
+
+/// The xattr that makes a directory opaque for overlayfs.
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Longest path resolved by one `openat2` call (PATH_MAX is 4096).
 pub const SHORT_PATH: usize = 3072;
@@ -134,6 +137,28 @@ impl Tree {
                     Err(e) => Err(e.into()),
                 }
             }
+            // A whiteout of this layer where a directory is needed (`.wh.d`
+            // then `d/x` without `d/`): the directory is deleted and made
+            // again, so it becomes an opaque directory.
+            Err(e) if e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) && !rel.is_empty() => {
+                let (parent, name) = split_parent(rel);
+                let pfd = self.open_dir_create(parent, created)?;
+                match lstat(pfd.as_fd(), name)? {
+                    Some(st) if is_whiteout(&st) => {
+                        rustix::fs::unlinkat(&pfd, name, AtFlags::empty())?;
+                        rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o755))?;
+                        let fd = rustix::fs::openat(
+                            &pfd,
+                            name,
+                            DIR_FLAGS | OFlags::NOFOLLOW,
+                            Mode::empty(),
+                        )?;
+                        set_opaque(fd.as_fd())?;
+                        Ok(fd)
+                    }
+                    _ => Err(e),
+                }
+            }
             other => other,
         }
     }
@@ -165,6 +190,23 @@ impl Tree {
     /// replaced, so a cached resolution may be stale.
     pub fn invalidate(&mut self) {
         self.cache = None;
+    }
+}
+
+/// Makes the directory `dir` opaque: the overlay xattr, or without the
+/// privilege for `trusted.*` the `.wh..wh..opq` marker file.
+pub fn set_opaque(dir: BorrowedFd<'_>) -> io::Result<()> {
+    match rustix::fs::fsetxattr(dir, OPAQUE_XATTR, b"y", rustix::fs::XattrFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(Errno::PERM) => {
+            let flags =
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat(dir, OPAQUE_MARKER, flags, Mode::from_raw_mode(0o600)) {
+                Ok(_) | Err(Errno::EXIST) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
