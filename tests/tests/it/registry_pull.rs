@@ -420,14 +420,70 @@ fn corrupt_bytes_never_become_blobs() {
             && e.contains(&format!("http://{}/v2/bad/app/blobs/sha256:", proxy.host)),
         "{e}"
     );
+    // The corrupted layer (the 200 kB one, layer 2) is neither a blob nor a
+    // layer dir; only the verified layer below it may have been kept.
     let store = lamina_store::Store::open(&root).unwrap();
-    let blobs = store.content().list().unwrap();
-    assert!(blobs.is_empty(), "no blob may be stored: {blobs:?}");
+    let bad_digest = e
+        .split("blobs/")
+        .nth(1)
+        .and_then(|s| s.get(..71))
+        .unwrap()
+        .to_string();
+    let bad = lamina_store::Digest::parse(&bad_digest).unwrap();
+    assert_eq!(
+        store.content().info(&bad).unwrap(),
+        None,
+        "{bad} must not be a blob"
+    );
     assert!(store.images().unwrap().is_empty());
     let layers: Vec<_> = std::fs::read_dir(root.join("layers"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    assert!(layers.is_empty(), "no layer dir may be left: {layers:?}");
+    assert!(
+        layers.len() <= 1,
+        "only the bottom layer may be unpacked: {layers:?}"
+    );
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            layout.join("blobs/sha256").join(
+                serde_json::from_slice::<serde_json::Value>(
+                    &std::fs::read(layout.join("index.json")).unwrap(),
+                )
+                .unwrap()["manifests"][0]["digest"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("sha256:"),
+            ),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        m["layers"][1]["digest"].as_str(),
+        Some(bad_digest.as_str()),
+        "the big layer is the corrupted one"
+    );
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            layout.join("blobs/sha256").join(
+                m["config"]["digest"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("sha256:"),
+            ),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let diff = |i: usize| {
+        lamina_store::Digest::parse(config["rootfs"]["diff_ids"][i].as_str().unwrap()).unwrap()
+    };
+    let chain2 = lamina_store::chain_id(Some(&lamina_store::chain_id(None, &diff(0))), &diff(1));
+    assert!(
+        !store.has_layer(&chain2).unwrap(),
+        "the corrupted layer must not be unpacked"
+    );
+    assert!(!root.join("layers").join(chain2.hex()).exists());
     // Through a clean path the same pull then works.
     let good = format!("{}/bad/app:v1", reg.host);
     ok(&lamina(&root, dir.path(), &["pull", &good]));

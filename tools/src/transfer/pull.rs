@@ -12,8 +12,9 @@
 //! 4. Meanwhile one thread unpacks the layers bottom-up (a layer may hardlink
 //!    into its parent): a fresh download is teed into the unpacker while it
 //!    downloads (see [`super::tee`]: the unpacker gets the blob's last bytes
-//!    only after the digest verified, so a corrupt blob never becomes a layer
-//!    dir); a resumed or spilled one is unpacked from the committed blob.
+//!    only after the registry client verified the digest of the whole
+//!    stream, so a corrupt blob never becomes a layer dir); a resumed or
+//!    spilled one is unpacked from the committed (re-verified) blob.
 //! 5. Store config, manifest (and index) as blobs, then register the image
 //!    under its name. A failure before this step leaves only resumable
 //!    ingests (and verified blobs/layers nothing references, which gc
@@ -365,12 +366,14 @@ async fn download(
                     }
                 }
                 Msg::End(Ok(())) => {
-                    ingest.flush().context("writing to the store's ingest")?;
-                    let res = ingest.commit();
+                    // The reader verified size and digest of exactly these bytes
+                    // (a teed download starts at offset 0), so the unpacker may
+                    // finish while the ingest syncs and commits.
                     if let Some(t) = &sink_tee {
-                        t.finish(res.as_ref().map(drop).map_err(|e| e.to_string()));
+                        t.finish(Ok(()));
                     }
-                    res?;
+                    ingest.flush().context("writing to the store's ingest")?;
+                    ingest.commit()?;
                     return Ok(());
                 }
                 Msg::End(Err((e, bad))) => {
