@@ -226,3 +226,156 @@ mod tests {
         assert_eq!(got[6].1, b"a");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use std::io::Read;
+
+    /// One entry of a generated layer.
+    #[derive(Debug, Clone)]
+    enum E {
+        File(u8),
+        Dir,
+        Opaque,
+        Whiteout,
+    }
+
+    fn entry(dir_ok: bool) -> impl Strategy<Value = Option<E>> {
+        let mut v: Vec<BoxedStrategy<Option<E>>> = vec![
+            Just(None).boxed(),
+            any::<u8>().prop_map(|b| Some(E::File(b))).boxed(),
+            Just(Some(E::Whiteout)).boxed(),
+        ];
+        if dir_ok {
+            v.push(Just(Some(E::Dir)).boxed());
+            v.push(Just(Some(E::Opaque)).boxed());
+        }
+        proptest::strategy::Union::new(v)
+    }
+
+    /// A layer: paths (parents first) to entries, over a small namespace.
+    fn layer() -> impl Strategy<Value = Vec<(String, E)>> {
+        let names = ["a", "b", "c"];
+        let kids = ["x", "y"];
+        proptest::collection::vec(entry(true), 3)
+            .prop_flat_map(move |tops| {
+                let kid_sets =
+                    proptest::collection::vec(proptest::collection::vec(entry(true), 2), 3);
+                let grand =
+                    proptest::collection::vec(proptest::collection::vec(entry(false), 2), 3);
+                (Just(tops), kid_sets, grand)
+            })
+            .prop_map(move |(tops, kids_e, grand)| {
+                let mut out = Vec::new();
+                for (i, t) in tops.into_iter().enumerate() {
+                    let Some(t) = t else { continue };
+                    let is_dir = matches!(t, E::Dir | E::Opaque);
+                    out.push((names[i].to_string(), t));
+                    if !is_dir {
+                        continue;
+                    }
+                    for (j, k) in kids_e[i].iter().enumerate() {
+                        let Some(k) = k else { continue };
+                        let p = format!("{}/{}", names[i], kids[j]);
+                        out.push((p.clone(), k.clone()));
+                        if matches!(k, E::Dir | E::Opaque)
+                            && let Some(g) = &grand[i][j]
+                        {
+                            out.push((format!("{p}/q"), g.clone()));
+                        }
+                    }
+                }
+                out
+            })
+    }
+
+    /// The OCI applier's semantics, bottom layer first: the reference model.
+    fn model(layers: &[Vec<(String, E)>]) -> BTreeMap<String, Option<u8>> {
+        let mut fs: BTreeMap<String, Option<u8>> = BTreeMap::new(); // None = dir
+        let remove_below = |fs: &mut BTreeMap<String, Option<u8>>, p: &str| {
+            let prefix = format!("{p}/");
+            fs.retain(|k, _| !k.starts_with(&prefix));
+        };
+        for l in layers {
+            for (p, e) in l {
+                match e {
+                    E::Whiteout => {
+                        fs.remove(p);
+                        remove_below(&mut fs, p);
+                    }
+                    E::File(b) => {
+                        remove_below(&mut fs, p);
+                        fs.insert(p.clone(), Some(*b));
+                    }
+                    E::Opaque => {
+                        remove_below(&mut fs, p);
+                        fs.insert(p.clone(), None);
+                    }
+                    E::Dir => {
+                        if fs.get(p).is_some_and(|v| v.is_some()) {
+                            fs.remove(p);
+                        }
+                        fs.insert(p.clone(), None);
+                    }
+                }
+            }
+        }
+        fs
+    }
+
+    fn write_layer_dir(dir: &Path, l: &[(String, E)]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for (p, e) in l {
+            let path = dir.join(p);
+            match e {
+                E::File(b) => std::fs::write(&path, [*b]).unwrap(),
+                E::Dir => std::fs::create_dir(&path).unwrap(),
+                E::Opaque => {
+                    std::fs::create_dir(&path).unwrap();
+                    std::fs::write(path.join(".wh..wh..opq"), b"").unwrap();
+                }
+                E::Whiteout => {
+                    let (parent, base) = p.rsplit_once('/').unwrap_or(("", p));
+                    std::fs::write(dir.join(parent).join(format!(".wh.{base}")), b"").unwrap();
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn export_merges_like_the_oci_applier(layers in proptest::collection::vec(layer(), 1..4)) {
+            let tmp = tempfile::tempdir().unwrap();
+            let dirs: Vec<PathBuf> = layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let d = tmp.path().join(format!("l{i}"));
+                    write_layer_dir(&d, l);
+                    d
+                })
+                .collect();
+            let out = export_layers(&dirs, Vec::new()).unwrap();
+            let mut got = BTreeMap::new();
+            let mut a = tar::Archive::new(&out[..]);
+            for e in a.entries().unwrap() {
+                let mut e = e.unwrap();
+                let name = String::from_utf8(e.path_bytes().to_vec()).unwrap();
+                let name = name.trim_end_matches('/').to_string();
+                let v = if e.header().entry_type().is_dir() {
+                    None
+                } else {
+                    let mut d = Vec::new();
+                    e.read_to_end(&mut d).unwrap();
+                    Some(d[0])
+                };
+                got.insert(name, v);
+            }
+            prop_assert_eq!(got, model(&layers));
+        }
+    }
+}

@@ -398,7 +398,10 @@ mod tests {
         f.write_at(b"start", 0).unwrap();
     }
 
-    fn entries(data: &[u8]) -> Vec<(String, tar::EntryType, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+    /// (name, type, data or link target, PAX records) of each entry.
+    type Entry = (String, tar::EntryType, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+    fn entries(data: &[u8]) -> Vec<Entry> {
         let mut a = tar::Archive::new(data);
         a.entries()
             .unwrap()
