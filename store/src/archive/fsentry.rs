@@ -88,6 +88,17 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
+/// The overlayfs feature (`redirect_dir`, `metacopy`) whose xattr is among
+/// `xattrs`: such an upper entry points at content in a lower layer, which a
+/// layer tar cannot express.
+pub fn unrepresentable(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Option<&'static str> {
+    xattrs.iter().find_map(|(k, _)| match k.as_slice() {
+        b"trusted.overlay.redirect" | b"user.overlay.redirect" => Some("redirect_dir"),
+        b"trusted.overlay.metacopy" | b"user.overlay.metacopy" => Some("metacopy"),
+        _ => None,
+    })
+}
+
 /// Whether a directory is opaque (hides everything below it), judging by its xattrs.
 pub fn xattrs_say_opaque(xattrs: &[(Vec<u8>, Vec<u8>)]) -> bool {
     xattrs

@@ -10,6 +10,8 @@
 //!   after its own header; `.wh.*` marker files already in the upper pass
 //!   through as they are. Overlay-private xattrs are dropped.
 //! - Files sharing an inode become one file plus tar hardlinks to it.
+//! - An upper written by kernel overlayfs with `redirect_dir` or `metacopy`
+//!   (content left in a lower layer) is refused rather than committed wrong.
 
 use super::fsentry::{self, EntryWriter, WH_OPAQUE, WH_PREFIX};
 use super::hash::HashWriter;
@@ -293,6 +295,16 @@ fn walk_upper<W: Write>(
             continue;
         }
         let all = fsentry::read_xattrs(&path)?;
+        if let Some(feature) = fsentry::unrepresentable(&all) {
+            return Err(Error::Archive {
+                path: path.clone(),
+                reason: format!(
+                    "carries the overlayfs {feature} xattr (the upper was written by kernel overlayfs with \
+                     {feature}=on): its content lives in a lower layer and cannot be put in an OCI layer; \
+                     mount containers with redirect_dir=off,metacopy=off (lamina's drivers do)"
+                ),
+            });
+        }
         let opaque = meta.is_dir()
             && (fsentry::xattrs_say_opaque(&all)
                 || path
@@ -572,6 +584,25 @@ mod tests {
         let plain = zstd::decode_all(&blob[..]).unwrap();
         assert_eq!(super::super::hash::sha256_digest(&plain), dz.diff_id);
         assert_eq!(dz.diff_id, d.diff_id);
+    }
+
+    #[test]
+    fn redirects_and_metacopy_are_refused() {
+        if !is_root() {
+            eprintln!("SKIP redirects_and_metacopy_are_refused: needs root (trusted xattrs)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("moved")).unwrap();
+        rustix::fs::lsetxattr(
+            tmp.path().join("moved"),
+            "trusted.overlay.redirect",
+            b"/orig",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let err = write_layer(tmp.path(), std::io::sink(), &LayerOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("redirect_dir"), "{err}");
     }
 
     #[test]
