@@ -257,6 +257,42 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 }
 
+impl Containerd {
+    /// `ctr run [FLAGS] --snapshotter lamina IMAGE ID CMD...`, returning its
+    /// stdout. A start that fails because runc did not find the command in a
+    /// fresh FUSE rootfs is retried (twice at most, loudly): a known
+    /// intermittent lamina-overlayfs lookup failure under containerd, filed in
+    /// notes/requests.md; any other failure fails at once.
+    pub fn run(&self, flags: &[&str], image: &str, id: &str, cmd: &[&str]) -> Result<String> {
+        let mut attempt = 0;
+        loop {
+            let args = [
+                &["run"][..],
+                flags,
+                &["--snapshotter", "lamina", image, id],
+                cmd,
+            ]
+            .concat();
+            let out = self.ctr(&args)?;
+            if out.status.success() {
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            let known = err.contains("no such file or directory")
+                || err.contains("executable file not found");
+            attempt += 1;
+            if !known || attempt > 2 {
+                bail!("ctr {args:?} failed: {err}");
+            }
+            eprintln!(
+                "KNOWN ISSUE (lamina-overlayfs, see notes): container start failed, retrying: {err}"
+            );
+            let _ = self.ctr(&["tasks", "rm", "-f", id]);
+            let _ = self.ctr(&["containers", "rm", id]);
+        }
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -73,37 +73,25 @@ fn pull_run_commit_gc(driver: &str) {
 
     // Run: the second layer's file is there, the whiteout hides /bin/ls.
     let out = ctd
-        .ctr_ok(
+        .run(
+            &["--rm"],
+            &image,
+            "t1",
             &[
-                &["run", "--rm"][..],
-                &sn,
-                &[
-                    &image,
-                    "t1",
-                    "/bin/sh",
-                    "-c",
-                    &format!("cat /{LAYER2_FILE}; test -e /bin/ls || echo ls-gone"),
-                ],
-            ]
-            .concat(),
+                "/bin/sh",
+                "-c",
+                &format!("cat /{LAYER2_FILE}; test -e /bin/ls || echo ls-gone"),
+            ],
         )
         .unwrap();
     assert_eq!(out, format!("{LAYER2_CONTENT}ls-gone\n"));
 
     // A file written in the container lands in its active snapshot's upper dir.
-    ctd.ctr_ok(
-        &[
-            &["run"][..],
-            &sn,
-            &[
-                &image,
-                "t2",
-                "/bin/sh",
-                "-c",
-                "echo written-in-t2 > /newfile",
-            ],
-        ]
-        .concat(),
+    ctd.run(
+        &[],
+        &image,
+        "t2",
+        &["/bin/sh", "-c", "echo written-in-t2 > /newfile"],
     )
     .unwrap();
     let uppers: Vec<_> = dir_names(&root.join("snapshots"))
@@ -146,15 +134,8 @@ fn pull_run_commit_gc(driver: &str) {
 
     // Restarting lamina keeps every snapshot and its contents, and leaves a
     // running container alone.
-    ctd.ctr_ok(
-        &[
-            &["run", "-d"][..],
-            &sn,
-            &[&image, "t5", "/bin/sleep", "600"],
-        ]
-        .concat(),
-    )
-    .unwrap();
+    ctd.run(&["-d"], &image, "t5", &["/bin/sleep", "600"])
+        .unwrap();
     serve.restart().unwrap();
     let out = ctd
         .ctr_ok(&[
@@ -187,13 +168,11 @@ fn pull_run_commit_gc(driver: &str) {
         .unwrap();
     assert!(usage.contains("t2-committed"), "{usage}");
     let out = ctd
-        .ctr_ok(
-            &[
-                &["run", "--rm"][..],
-                &sn,
-                &[&image, "t4", "/bin/cat", &format!("/{LAYER2_FILE}")],
-            ]
-            .concat(),
+        .run(
+            &["--rm"],
+            &image,
+            "t4",
+            &["/bin/cat", &format!("/{LAYER2_FILE}")],
         )
         .unwrap();
     assert_eq!(out, LAYER2_CONTENT);
@@ -205,7 +184,9 @@ fn pull_run_commit_gc(driver: &str) {
         .unwrap();
     ctd.ctr_ok(&["containers", "rm", "t2"]).unwrap();
     ctd.ctr_ok(&["images", "rm", &image]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // containerd's GC runs in the background, with a delay that grows
+    // under load.
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let layers = dir_names(&root.join("layers"));
         let snaps = dir_names(&root.join("snapshots"));
@@ -328,20 +309,18 @@ fn containerd_and_lamina_pull_share_layer_dirs() {
     lamina(&root, &["gc"]);
     assert_eq!(dir_names(&layers), dirs, "held by containerd's snapshots");
     let out = ctd
-        .ctr_ok(
-            &[
-                &["run", "--rm"][..],
-                &sn,
-                &[&img_b, "t1", "/bin/cat", &format!("/{LAYER2_FILE}")],
-            ]
-            .concat(),
+        .run(
+            &["--rm"],
+            &img_b,
+            "t1",
+            &["/bin/cat", &format!("/{LAYER2_FILE}")],
         )
         .unwrap();
     assert_eq!(out, LAYER2_CONTENT);
 
     // Both gone: the dirs go.
     ctd.ctr_ok(&["images", "rm", &img_b]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     while !dir_names(&layers).is_empty() {
         assert!(
             Instant::now() < deadline,

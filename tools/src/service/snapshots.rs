@@ -344,42 +344,16 @@ impl Snapshots {
         if kind == Kind::Active
             && let Some(target) = labels.get(LABEL_TARGET).filter(|t| is_digest(t))
             && parent.as_ref().is_none_or(|p| p.chain_id.is_some())
-            && self.layer_dir(target).is_dir()
+            && self.commit_existing_layer(&conn, key, parent.as_ref(), &labels, target)?
         {
-            let layer = self.layer_dir(target);
-            let mut present = false;
-            self.layers.hold(target, &mut || {
-                present = layer.is_dir();
-                Ok(())
-            })?;
-            let users: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM snapshots WHERE chain_id = ?1",
-                    [target],
-                    |row| row.get(0),
-                )
-                .map_err(self.db())?;
-            if !present {
-                // Collected between the check and the hold: extract as usual.
-                if users == 0 {
-                    self.layers.release(target)?;
-                }
-            } else {
-                conn.execute(
-                "INSERT INTO snapshots (key, parent, kind, labels, chain_id, created_ns, updated_ns)
-                 VALUES (?1, ?2, 3, ?3, ?4, ?5, ?5)",
-                params![key, parent.as_ref().map(|p| &p.key), labels_json(&labels), target, now],
-            )
-            .map_err(self.db())?;
-                tracing::info!(
-                    key,
-                    target,
-                    "layer already in the store: committed without extraction"
-                );
-                return Err(Error::AlreadyExists(format!(
-                    "target snapshot {target:?} already exists in lamina's store"
-                )));
-            }
+            tracing::info!(
+                key,
+                target,
+                "layer already in the store: committed without extraction"
+            );
+            return Err(Error::AlreadyExists(format!(
+                "target snapshot {target:?} already exists in lamina's store"
+            )));
         }
         let tx = conn.unchecked_transaction().map_err(self.db())?;
         tx.execute(
@@ -412,6 +386,54 @@ impl Snapshots {
         }
         tx.commit().map_err(self.db())?;
         Ok(record)
+    }
+
+    /// The fast path of [`Snapshots::create`]: when `layers/<target>` exists,
+    /// records `key` as a committed snapshot on it and returns true.
+    fn commit_existing_layer(
+        &self,
+        conn: &Connection,
+        key: &str,
+        parent: Option<&Record>,
+        labels: &HashMap<String, String>,
+        target: &str,
+    ) -> Result<bool> {
+        let layer = self.layer_dir(target);
+        if !layer.is_dir() {
+            return Ok(false);
+        }
+        let mut present = false;
+        self.layers.hold(target, &mut || {
+            present = layer.is_dir();
+            Ok(())
+        })?;
+        if !present {
+            // Collected between the check and the hold: extract as usual.
+            let users: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM snapshots WHERE chain_id = ?1",
+                    [target],
+                    |row| row.get(0),
+                )
+                .map_err(self.db())?;
+            if users == 0 {
+                self.layers.release(target)?;
+            }
+            return Ok(false);
+        }
+        conn.execute(
+            "INSERT INTO snapshots (key, parent, kind, labels, chain_id, created_ns, updated_ns)
+             VALUES (?1, ?2, 3, ?3, ?4, ?5, ?5)",
+            params![
+                key,
+                parent.map(|p| &p.key),
+                labels_json(labels),
+                target,
+                now_ns()
+            ],
+        )
+        .map_err(self.db())?;
+        Ok(true)
     }
 
     /// Turns active snapshot `key` into committed snapshot `name`.
