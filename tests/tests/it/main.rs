@@ -3,6 +3,7 @@ mod registry_client;
 mod registry_pull;
 mod registry_errors;
 mod archive_bad;
+mod archive_containerd;
 mod archive_load;
 mod archive_roundtrip;
 mod service_containerd;
