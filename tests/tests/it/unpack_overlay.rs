@@ -192,5 +192,30 @@ fn overlay_of_lamina_layers_equals_umoci_unpack() -> Result<()> {
         "judge lacks the opaque dir"
     );
     ensure!(!want.nodes.contains_key("gone") && want.nodes.contains_key("f-to-dir/again"));
-    tree::assert_same(&want, &got, "umoci unpack vs overlayfs over lamina layers")
+    tree::assert_same(&want, &got, "umoci unpack vs overlayfs over lamina layers")?;
+
+    // The same layer dirs under fuse-overlayfs.
+    if !have("fuse-overlayfs") || !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIP fuse-overlayfs part: fuse-overlayfs or /dev/fuse missing");
+        return Ok(());
+    }
+    let fmnt = t.join("fmnt");
+    std::fs::create_dir(&fmnt)?;
+    let out = Command::new("fuse-overlayfs")
+        .arg("-o")
+        .arg(format!("lowerdir={lowerdir}"))
+        .arg(&fmnt)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "fuse-overlayfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _fmount = Mount(fmnt.clone());
+    let got = tree::snapshot(&fmnt, opts)?;
+    tree::assert_same(
+        &want,
+        &got,
+        "umoci unpack vs fuse-overlayfs over lamina layers",
+    )
 }
