@@ -71,7 +71,7 @@ proptest::proptest! {
     /// On arbitrary reference-like strings, the store's normaliser and the
     /// registry client's parser accept the same inputs and agree on the result.
     #[test]
-    fn normalisers_agree(r in "([a-z0-9]{1,6}(\\.[a-z]{1,3})?(:[0-9]{1,4})?/)?[a-z0-9._-]{1,8}(/[a-z0-9_-]{1,6}){0,2}(:[A-Za-z0-9_.-]{1,6})?") {
+    fn normalisers_agree(r in "([a-zA-Z0-9-]{1,6}(\\.[a-zA-Z-]{1,3})?(:[0-9]{0,6})?/)?[a-zA-Z0-9._-]{1,8}(/[a-z0-9_.-]{1,6}){0,2}(:[A-Za-z0-9_.-]{0,6})?(@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85[0-9a-f])?") {
         let store = lamina_store::reference::normalize(&r).ok();
         let registry = lamina_registry::Reference::parse(&r).ok().map(|x| x.to_string());
         proptest::prop_assert_eq!(store, registry, "{:?}", r);
