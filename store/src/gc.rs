@@ -49,7 +49,14 @@ impl Store {
 
     /// Runs gc, removing ingests idle for longer than `stale_ingest`.
     pub fn gc_with(&self, stale_ingest: Duration) -> Result<GcReport> {
-        let _gc = FileLock::lock(&self.lock_path("gc.lock"), LockMode::Exclusive)?;
+        let path = self.lock_path("gc.lock");
+        let _gc = match FileLock::try_lock(&path, LockMode::Exclusive)? {
+            Some(lock) => lock,
+            None => {
+                tracing::warn!("gc is waiting for running pulls, imports and commits to finish");
+                FileLock::lock(&path, LockMode::Exclusive)?
+            }
+        };
         let mut report = GcReport::default();
 
         let (blobs, chains): (HashSet<String>, HashSet<String>) = self.db.read(|c| {
