@@ -429,7 +429,7 @@ impl OverlayFs {
         chain: Vec<usize>,
         count: bool,
     ) -> Arc<Node> {
-        let ino = *self
+        let mut ino = *self
             .ids
             .lock()
             .unwrap()
@@ -458,6 +458,10 @@ impl OverlayFs {
                 }
                 return n;
             }
+            // Same backing inode number, other type: a reused inode; never
+            // hand the kernel one node id for two different files.
+            ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+            self.ids.lock().unwrap().insert((st.st_dev, st.st_ino), ino);
         }
         let n = Arc::new(Node {
             ino,
@@ -1126,15 +1130,23 @@ impl OverlayFs {
         Ok(())
     }
 
-    fn forget_identity_if_gone(&self, node: &Node) {
-        let Ok((fd, layer)) = self.node_fd(node) else {
-            return;
-        };
-        if layer == 0 && self.has_upper {
-            if let Ok(st) = rfs::fstat(&*fd) {
-                if st.st_nlink == 0 {
-                    self.ids.lock().unwrap().remove(&(st.st_dev, st.st_ino));
-                }
+    /// The identity of an upper file about to lose a name (taken before the
+    /// removal: afterwards it may not be reachable to ask).
+    fn upper_identity(&self, node: &Node) -> Option<Stat> {
+        let (fd, layer) = self.node_fd(node).ok()?;
+        if layer != 0 || !self.has_upper {
+            return None;
+        }
+        rfs::fstat(&*fd).ok()
+    }
+
+    /// After a removal: when that was the file's last name, its inode number
+    /// may be reused by the backing fs for a new file, which must not inherit
+    /// this node.
+    fn forget_identity(&self, before: Option<Stat>, kind: FileType) {
+        if let Some(st) = before {
+            if kind == FileType::Directory || st.st_nlink <= 1 {
+                self.ids.lock().unwrap().remove(&(st.st_dev, st.st_ino));
             }
         }
     }
@@ -1166,6 +1178,7 @@ impl OverlayFs {
         }
         self.copy_up(&p, false)?;
         let dirfd = self.node_fd(&p)?.0;
+        let before = self.upper_identity(&child);
         if layer == 0 {
             if is_dir {
                 Self::clear_whiteouts(&self.node_fd(&child)?.0)?;
@@ -1186,7 +1199,7 @@ impl OverlayFs {
         } else {
             self.whiteout(&dirfd, name, None)?;
         }
-        self.forget_identity_if_gone(&child);
+        self.forget_identity(before, kind);
         self.update_index(&p, |ix| {
             if e.lower_positive {
                 ix.entries.insert(name.to_owned(), Entry::whiteout());
@@ -1286,6 +1299,11 @@ impl OverlayFs {
         }
         let sfd = self.node_fd(&sp)?.0;
         let dfd = self.node_fd(&dp)?.0;
+        let replaced = if exchange {
+            None
+        } else {
+            dst.as_ref().and_then(|d| self.upper_identity(d))
+        };
         let dst_lower = de.as_ref().is_some_and(|e| e.lower_positive);
         if exchange {
             rfs::renameat_with(&*sfd, name, &*dfd, newname, RenameFlags::EXCHANGE)?;
@@ -1341,7 +1359,7 @@ impl OverlayFs {
             s.parent = sp.ino;
             s.name = name.to_owned();
         } else if let Some(d) = &dst {
-            self.forget_identity_if_gone(d);
+            self.forget_identity(replaced, d.kind);
         }
         let skind = src.kind;
         let dkind = dst.as_ref().map(|d| d.kind);

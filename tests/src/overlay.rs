@@ -233,6 +233,17 @@ impl LaminaMount {
         upper: Option<(&Path, &Path)>,
         dir: &Path,
     ) -> Result<LaminaMount> {
+        Self::mount_with_fd_budget(lowers, upper, dir, None)
+    }
+
+    /// Like [`LaminaMount::mount`]; a small `fd_budget` makes the driver
+    /// close and reopen node fds all the time, so a test covers that path.
+    pub fn mount_with_fd_budget(
+        lowers: &[PathBuf],
+        upper: Option<(&Path, &Path)>,
+        dir: &Path,
+        fd_budget: Option<usize>,
+    ) -> Result<LaminaMount> {
         std::fs::create_dir_all(dir)?;
         let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
         let mut opts = format!("lowerdir={}", lower.join(":"));
@@ -245,10 +256,11 @@ impl LaminaMount {
                 w.display()
             ));
         }
-        run(Command::new(crate::bin("lamina-overlayfs"))
-            .arg("-o")
-            .arg(&opts)
-            .arg(dir))?;
+        let mut cmd = Command::new(crate::bin("lamina-overlayfs"));
+        if let Some(n) = fd_budget {
+            cmd.env("LAMINA_FUSE_FD_BUDGET", n.to_string());
+        }
+        run(cmd.arg("-o").arg(&opts).arg(dir))?;
         Ok(LaminaMount {
             dir: dir.to_path_buf(),
         })

@@ -160,7 +160,12 @@ fn merged_view_and_upper_match_kernel_overlayfs() -> Result<()> {
     let (kmnt, fmnt) = (base.join("k"), base.join("f"));
     {
         let k = KernelMount::mount(&layers, Some((&base.join("ku"), &base.join("kw"))), &kmnt)?;
-        let f = LaminaMount::mount(&layers, Some((&base.join("fu"), &base.join("fw"))), &fmnt)?;
+        let f = LaminaMount::mount_with_fd_budget(
+            &layers,
+            Some((&base.join("fu"), &base.join("fw"))),
+            &fmnt,
+            Some(32),
+        )?;
         let kt = snapshot(&k.dir)?;
         ensure!(
             kt.entries.contains_key("opq_x/new1") && !kt.entries.contains_key("opq_x/old1"),

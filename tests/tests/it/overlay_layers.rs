@@ -35,7 +35,12 @@ fn five_hundred_layers_mount_and_merge() -> Result<()> {
     }
     let top_first: Vec<PathBuf> = bottom_first.iter().rev().cloned().collect();
     let (upper, work) = (tmp.path().join("upper"), tmp.path().join("work"));
-    let m = LaminaMount::mount(&top_first, Some((&upper, &work)), &tmp.path().join("mnt"))?;
+    let m = LaminaMount::mount_with_fd_budget(
+        &top_first,
+        Some((&upper, &work)),
+        &tmp.path().join("mnt"),
+        Some(64),
+    )?;
     ensure!(
         std::fs::read_dir(m.dir.join("common"))?.count() == N,
         "common/ must merge all {N} layers"

@@ -146,7 +146,12 @@ fn concurrent_processes_leave_what_the_model_says() -> Result<()> {
     let (upper, work) = (tmp.path().join("upper"), tmp.path().join("work"));
     let mnt = tmp.path().join("mnt");
     {
-        let m = LaminaMount::mount(std::slice::from_ref(&lower), Some((&upper, &work)), &mnt)?;
+        let m = LaminaMount::mount_with_fd_budget(
+            std::slice::from_ref(&lower),
+            Some((&upper, &work)),
+            &mnt,
+            Some(64),
+        )?;
         let mut children = Vec::new();
         for (i, model) in models.iter_mut().enumerate() {
             let s = script(i, 0x5eed + i as u64, model);
