@@ -64,10 +64,8 @@ pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
 }
 
 fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Result<()> {
-    let listings = lowers
-        .iter()
-        .map(|d| Listing::read(d))
-        .collect::<Result<Vec<_>>>()?;
+    // Lookups by name only: the image's dirs are never listed (except below an opaque dir).
+    let listings: Vec<Listing> = lowers.iter().map(|d| Listing::probe(d)).collect();
     let names = fsentry::sorted_names(dir)?;
     let mut deleted = Vec::new();
     for name in &names {
@@ -142,12 +140,14 @@ fn hidden_children(
         .iter()
         .map(|d| Listing::read(d))
         .collect::<Result<Vec<_>>>()?;
-    let mut names: Vec<_> = child_listings
-        .iter()
-        .flat_map(|l| l.names.iter())
-        .filter(|n| !n.as_bytes().starts_with(WH_PREFIX))
-        .cloned()
-        .collect();
+    let mut names = Vec::new();
+    for l in &child_listings {
+        names.extend(
+            l.names()?
+                .into_iter()
+                .filter(|n| !n.as_bytes().starts_with(WH_PREFIX)),
+        );
+    }
     names.sort();
     names.dedup();
     for n in names {

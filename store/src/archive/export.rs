@@ -26,9 +26,14 @@ pub(crate) enum Lookup {
     Found(usize, Metadata),
 }
 
-/// A directory listing, with the whiteout markers it carries.
-pub(crate) struct Listing {
-    pub(crate) names: HashSet<OsString>,
+/// What is in one layer's copy of a directory: read once (export, which
+/// visits every name anyway) or probed name by name (diff, which must not
+/// cost more than the change it reports).
+pub(crate) enum Listing {
+    /// Every name, read from the directory.
+    Names(HashSet<OsString>),
+    /// The directory, asked with `lstat` for each name.
+    Probe(PathBuf),
 }
 
 impl Listing {
@@ -44,13 +49,36 @@ impl Listing {
             })?;
             names.insert(e.file_name());
         }
-        Ok(Listing { names })
+        Ok(Listing::Names(names))
+    }
+
+    /// A listing that looks names up instead of reading the directory.
+    pub(crate) fn probe(dir: &Path) -> Listing {
+        Listing::Probe(dir.to_path_buf())
+    }
+
+    pub(crate) fn contains(&self, name: &OsStr) -> bool {
+        match self {
+            Listing::Names(names) => names.contains(name),
+            Listing::Probe(dir) => dir.join(name).symlink_metadata().is_ok(),
+        }
+    }
+
+    /// Every name (reads the directory for a probing listing).
+    pub(crate) fn names(&self) -> Result<Vec<OsString>> {
+        match self {
+            Listing::Names(names) => Ok(names.iter().cloned().collect()),
+            Listing::Probe(dir) => Ok(match Listing::read(dir)? {
+                Listing::Names(n) => n.into_iter().collect(),
+                Listing::Probe(_) => Vec::new(),
+            }),
+        }
     }
 
     fn has_marker(&self, name: &[u8]) -> bool {
         let mut m = WH_PREFIX.to_vec();
         m.extend_from_slice(name);
-        self.names.contains(OsStr::from_bytes(&m))
+        self.contains(OsStr::from_bytes(&m))
     }
 }
 
@@ -60,7 +88,7 @@ pub(crate) fn lookup(dirs: &[PathBuf], listings: &[Listing], name: &OsStr) -> Re
         if listing.has_marker(name.as_bytes()) {
             return Ok(Lookup::Absent);
         }
-        if !listing.names.contains(name) {
+        if !listing.contains(name) {
             continue;
         }
         let path = dir.join(name);
@@ -90,7 +118,7 @@ pub(crate) fn child_dirs(
         if !out.is_empty() && listing.has_marker(name.as_bytes()) {
             break;
         }
-        if !listing.names.contains(name) {
+        if !listing.contains(name) {
             continue;
         }
         let path = dir.join(name);
@@ -145,7 +173,7 @@ fn merge<W: Write>(
         .collect::<Result<Vec<_>>>()?;
     let mut names = BTreeSet::new();
     for l in &listings {
-        for n in &l.names {
+        for n in l.names()? {
             if !is_marker(n.as_bytes()) {
                 names.insert(n.as_bytes().to_vec());
             }
