@@ -26,6 +26,7 @@ if [ ! -f "$W/layer.tar.gz" ]; then
   tar -C / --numeric-owner --xattrs -cf "$W/layer.tar" $LAYER_SRC 2>/dev/null || true
   pigz -c "$W/layer.tar" > "$W/layer.tar.gz"
 fi
+[ -f "$W/layer.tar.zst" ] || zstd -q -T0 -3 -o "$W/layer.tar.zst" "$W/layer.tar"
 if [ ! -f "$W/oci/index.json" ]; then
   rm -rf "$W/oci"
   umoci init --layout "$W/oci" && umoci new --image "$W/oci:bench"
@@ -69,8 +70,10 @@ tar_x() { mkdir -p "$MNT/out" && pigz -dc "$W/layer.tar.gz" | tar -x --numeric-o
 umoci_x() { umoci unpack --image "$W/oci:bench" "$MNT/out"; }
 lamina_lib() { mkdir -p "$MNT/out" && "$UNPACK" "$W/layer.tar.gz" "$MNT/out"; }
 lamina_import() { "$LAMINA" --root "$MNT/root" import "$W/layer.tar.gz" bench:latest; }
+tar_zst() { mkdir -p "$MNT/out" && zstd -q -dc "$W/layer.tar.zst" | tar -x --numeric-owner --xattrs --xattrs-include='*' -C "$MNT/out"; }
+lamina_zst() { mkdir -p "$MNT/out" && "$UNPACK" "$W/layer.tar.zst" "$MNT/out"; }
 export W MNT UNPACK LAMINA
-export -f tar_x umoci_x lamina_lib lamina_import
+export -f tar_x umoci_x lamina_lib lamina_import tar_zst lamina_zst
 
 t_tar=$(best_of tar_x)
 t_umoci=$(best_of umoci_x)
@@ -81,6 +84,8 @@ else
   t_import=""
 fi
 rm -rf "$W/probe"
+z_tar=$(best_of tar_zst)
+z_lib=$(best_of lamina_zst)
 
 read -r t_tar c_tar <<<"$t_tar"
 read -r t_umoci c_umoci <<<"$t_umoci"
@@ -96,6 +101,10 @@ if [ -n "$t_import" ]; then
 else
   echo "lamina import: not available in this build"
 fi
+read -r z_tar zc_tar <<<"$z_tar"
+read -r z_lib zc_lib <<<"$z_lib"
+printf '%-34s %8.2f %8s %8.2f\n' "zstd -dc | tar -x (zstd layer)" "$z_tar" 1.00 "$zc_tar"
+printf '%-34s %8.2f %8s %8.2f\n' "lamina unpack (zstd layer)" "$z_lib" "$(echo "scale=2; $z_lib / $z_tar" | bc)" "$zc_lib"
 # Peak memory of the library unpack (must not grow with the layer).
 fresh_fs; mkdir -p "$MNT/out"
 rss=$(/usr/bin/time -f %M "$UNPACK" "$W/layer.tar.gz" "$MNT/out" 2>&1 >/dev/null | tail -1)

@@ -654,9 +654,7 @@ impl<'a> Applier<'a> {
             .map_err(|e| self.failed(raw, "chown")(e.into()))?;
         }
         if chmod && self.needs_chmod(meta, chowned) {
-            // `name` was just created by us as a device or fifo, not a symlink.
-            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
-                .map_err(|e| self.failed(raw, "chmod")(e.into()))?;
+            lfs::chmod_nofollow(dir, name, meta.mode).map_err(self.failed(raw, "chmod"))?;
         }
         for (k, v) in &meta.xattrs {
             lfs::set_xattr_nofollow(dir, name, k, v).map_err(self.failed(raw, "set xattr"))?;

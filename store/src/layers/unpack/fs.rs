@@ -253,6 +253,20 @@ pub fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Changes the mode of `name` in `dir` (a device or fifo) without following
+/// it if it is a symlink and without opening it for I/O.
+pub fn chmod_nofollow(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    rustix::fs::chmod(proc.as_str(), Mode::from_raw_mode(mode))?;
+    Ok(())
+}
+
 /// Sets an xattr on `name` in `dir` without following it if it is a
 /// symlink, and without opening it for I/O (it may be a device or fifo).
 pub fn set_xattr_nofollow(
