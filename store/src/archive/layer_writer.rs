@@ -622,3 +622,159 @@ mod tests {
         assert_eq!(es[0].2[4096 * 10], b'z');
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::Store;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+
+    /// A generated node: file (content, mode, sparse?), dir (mode), symlink, or a hardlink
+    /// to the n-th file created so far.
+    #[derive(Debug, Clone)]
+    enum N {
+        File(Vec<u8>, u32, bool),
+        Dir(u32),
+        Symlink(String),
+        Link(usize),
+    }
+
+    fn node() -> impl Strategy<Value = N> {
+        prop_oneof![
+            (
+                proptest::collection::vec(any::<u8>(), 0..3000),
+                0o400u32..0o7777,
+                any::<bool>()
+            )
+                .prop_map(|(d, m, s)| N::File(d, m, s)),
+            (0o500u32..0o777).prop_map(N::Dir),
+            "[a-z./]{1,30}".prop_map(N::Symlink),
+            (0usize..8).prop_map(N::Link),
+        ]
+    }
+
+    /// Paths (parents first) over a small namespace, with long names sometimes.
+    fn tree() -> impl Strategy<Value = Vec<(String, N)>> {
+        proptest::collection::vec(("(a|b|c|d|[a-z]{100,120})", node()), 1..12).prop_map(|items| {
+            let mut out: Vec<(String, N)> = Vec::new();
+            let mut dirs = vec![String::new()];
+            for (i, (name, n)) in items.into_iter().enumerate() {
+                let parent = dirs[i % dirs.len()].clone();
+                let path = if parent.is_empty() {
+                    name
+                } else {
+                    format!("{parent}/{name}")
+                };
+                if out.iter().any(|(p, _)| *p == path) {
+                    continue;
+                }
+                if matches!(n, N::Dir(_)) {
+                    dirs.push(path.clone());
+                }
+                out.push((path, n));
+            }
+            out
+        })
+    }
+
+    fn build(root: &Path, t: &[(String, N)]) {
+        std::fs::create_dir_all(root).unwrap();
+        let mut files: Vec<PathBuf> = Vec::new();
+        for (p, n) in t {
+            let path = root.join(p);
+            match n {
+                N::File(d, mode, sparse) => {
+                    let f = std::fs::File::create(&path).unwrap();
+                    if *sparse {
+                        f.set_len(8 << 20).unwrap();
+                        f.write_at(d, 4 << 20).unwrap();
+                    } else {
+                        f.write_all_at(d, 0).unwrap();
+                    }
+                    files.push(path.clone());
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
+                        .unwrap();
+                }
+                N::Dir(_) => std::fs::create_dir(&path).unwrap(),
+                N::Symlink(t) => std::os::unix::fs::symlink(t, &path).unwrap(),
+                N::Link(i) if !files.is_empty() => {
+                    std::fs::hard_link(&files[i % files.len()], &path).unwrap()
+                }
+                N::Link(_) => std::fs::write(&path, b"").unwrap(),
+            }
+        }
+        // Dir modes last, so that creating children was allowed.
+        for (p, n) in t.iter().rev() {
+            if let N::Dir(mode) = n {
+                std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(*mode))
+                    .unwrap();
+            }
+        }
+    }
+
+    /// (path -> kind, mode, content or target) and hardlink groups.
+    fn describe(root: &Path) -> (BTreeMap<String, (String, u32, Vec<u8>)>, Vec<Vec<String>>) {
+        let mut m = BTreeMap::new();
+        let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                let md = p.symlink_metadata().unwrap();
+                let (kind, data) = if md.is_dir() {
+                    stack.push(p.clone());
+                    ("dir", Vec::new())
+                } else if md.file_type().is_symlink() {
+                    (
+                        "symlink",
+                        std::fs::read_link(&p)
+                            .unwrap()
+                            .as_os_str()
+                            .as_bytes()
+                            .to_vec(),
+                    )
+                } else {
+                    if md.nlink() > 1 {
+                        inodes.entry(md.ino()).or_default().push(rel.clone());
+                    }
+                    ("file", std::fs::read(&p).unwrap())
+                };
+                let mode = if md.file_type().is_symlink() {
+                    0
+                } else {
+                    md.mode() & 0o7777
+                };
+                m.insert(rel, (kind.to_string(), mode, data));
+            }
+        }
+        let mut links: Vec<Vec<String>> = inodes
+            .into_values()
+            .map(|mut v| {
+                v.sort();
+                v
+            })
+            .collect();
+        links.sort();
+        (m, links)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// What the layer writer writes, the store's unpacker gives back.
+        #[test]
+        fn layer_round_trips_through_the_store_unpacker(t in tree()) {
+            let tmp = tempfile::tempdir().unwrap();
+            let upper = tmp.path().join("upper");
+            build(&upper, &t);
+            let store = Store::open(tmp.path().join("store")).unwrap();
+            let (d, blob) = write_layer(&upper, Vec::new(), &LayerOptions::default()).unwrap();
+            let info = store.unpack_layer(None, None, &blob[..], "proptest layer").unwrap();
+            prop_assert_eq!(info.diff_id.as_str(), d.diff_id.as_str());
+            let got = describe(&store.layer_dir(&info.chain_id));
+            prop_assert_eq!(got, describe(&upper));
+        }
+    }
+}
