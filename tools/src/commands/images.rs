@@ -65,13 +65,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
                         .collect()
                 };
                 for (repo, tag) in names {
-                    rows.push([
-                        repo,
-                        tag,
-                        id(img),
-                        created.clone(),
-                        size.clone(),
-                    ]);
+                    rows.push([repo, tag, id(img), created.clone(), size.clone()]);
                 }
             }
             print_table(&rows);
