@@ -714,8 +714,11 @@ mod proptests {
         }
     }
 
-    /// (path -> kind, mode, content or target) and hardlink groups.
-    fn describe(root: &Path) -> (BTreeMap<String, (String, u32, Vec<u8>)>, Vec<Vec<String>>) {
+    /// path -> (kind, mode, content or target).
+    type Described = BTreeMap<String, (String, u32, Vec<u8>)>;
+
+    /// Every node under `root`, and the hardlink groups.
+    fn describe(root: &Path) -> (Described, Vec<Vec<String>>) {
         let mut m = BTreeMap::new();
         let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         let mut stack = vec![root.to_path_buf()];
