@@ -91,6 +91,20 @@ fn loads_what_skopeo_saves_and_the_tree_equals_umoci_unpack() -> Result<()> {
             &format!("{kind}: loaded image mounted vs umoci unpack"),
         )?;
         drop(m);
+        if std::path::Path::new("/dev/fuse").exists() {
+            // And through lamina's own (FUSE) read-only image mount.
+            let fm = work.join(format!("fuse-{kind}"));
+            lamina(&root, &["mount", name, fm.to_str().unwrap()])?;
+            let seen = snapshot(&fm);
+            lamina(&root, &["umount", fm.to_str().unwrap()])?;
+            assert_same_tree(
+                &reference,
+                &seen?,
+                &format!("{kind}: `lamina mount` of the loaded image vs umoci unpack"),
+            )?;
+        } else {
+            eprintln!("note: /dev/fuse missing, `lamina mount` comparison skipped (CI has it)");
+        }
         let tar = work.join(format!("export-{kind}.tar"));
         lamina(&root, &["export", name, "-o", tar.to_str().unwrap()])?;
         let dir = work.join(format!("export-{kind}"));
