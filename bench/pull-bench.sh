@@ -6,6 +6,9 @@
 # on the images built by /work/shared/bench/bench-images.sh (bench/debian: 1 layer,
 # bench/python: 2 layers). Prints the median of $RUNS runs per tool and the ratios
 # containerd/lamina and skopeo+umoci/lamina (higher = lamina faster).
+# Every run writes to a freshly made ext4 (loop device; FS=tmpfs for tmpfs): on a
+# reused ext4, inodes freed by the previous run's cleanup slow down inode
+# allocation of whichever tool runs next. mkfs/mount and cleanup are not timed.
 # Needs root, containerd + ctr, skopeo, umoci, docker-registry, bc.
 # Usage: bench/pull-bench.sh [IMAGE...]   (default: bench/debian bench/python)
 set -eu
@@ -20,22 +23,30 @@ PORT=$PORT bash "$BENCH_IMAGES" >/dev/null
 (cd "$HERE" && cargo build -q --release -p lamina)
 LAMINA=$HERE/target/release/lamina
 W=$(mktemp -d /tmp/pull-bench.XXXX)
+MNT=$W/mnt; mkdir -p "$MNT"
+FS=${FS:-ext4}
 CTD_PID=
-cleanup() { [ -n "$CTD_PID" ] && kill "$CTD_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
+cleanup() { [ -n "$CTD_PID" ] && kill "$CTD_PID" 2>/dev/null; wait 2>/dev/null; umount -R "$MNT" 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
+fresh_fs() {
+  if [ "$FS" = tmpfs ]; then mount -t tmpfs -o size=6g tmpfs "$MNT"
+  else truncate -s 6G "$W/fs.img" && mkfs.ext4 -q -F "$W/fs.img" && mount -o loop "$W/fs.img" "$MNT"; fi
+  sync
+}
+drop_fs() { umount -R "$MNT" 2>/dev/null || umount -l "$MNT"; rm -f "$W/fs.img"; }
 
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 run_lamina() { # image
-  local root=$W/lamina; rm -rf "$root"
+  fresh_fs
   local s e; s=$(now)
-  "$LAMINA" --root "$root" pull "$REG/$1" >/dev/null
-  e=$(now); rm -rf "$root"; echo "$e - $s" | bc
+  "$LAMINA" --root "$MNT/lamina" pull "$REG/$1" >/dev/null
+  e=$(now); drop_fs; echo "$e - $s" | bc
 }
 
 start_containerd() {
-  local d=$W/ctd; rm -rf "$d"; mkdir -p "$d"
+  local d=$MNT/ctd; mkdir -p "$d"
   cat > "$d/config.toml" <<CFG
 version = 2
 root = "$d/root"
@@ -55,21 +66,22 @@ CFG
   for _ in $(seq 1 100); do ctr --address "$d/sock" version >/dev/null 2>&1 && return; sleep 0.1; done
   echo "containerd did not start: $(tail -5 "$d/log")" >&2; exit 1
 }
-stop_containerd() { kill "$CTD_PID"; wait "$CTD_PID" 2>/dev/null || true; CTD_PID=; umount -R "$W/ctd/state" 2>/dev/null || true; rm -rf "$W/ctd"; }
+stop_containerd() { kill "$CTD_PID"; wait "$CTD_PID" 2>/dev/null || true; CTD_PID=; }
 
 run_ctr() { # image
-  start_containerd
+  fresh_fs; start_containerd
   local s e; s=$(now)
-  ctr --address "$W/ctd/sock" images pull --plain-http "$REG/$1" >/dev/null
-  e=$(now); stop_containerd; echo "$e - $s" | bc
+  ctr --address "$MNT/ctd/sock" images pull --plain-http "$REG/$1" >/dev/null
+  e=$(now); stop_containerd; drop_fs; echo "$e - $s" | bc
 }
 
 run_skopeo_umoci() { # image
-  local d=$W/su; rm -rf "$d"; mkdir -p "$d"
+  fresh_fs
+  local d=$MNT/su; mkdir -p "$d"
   local s e; s=$(now)
   skopeo copy -q --src-tls-verify=false "docker://$REG/$1" "oci:$d/oci:latest"
   umoci unpack --image "$d/oci:latest" "$d/bundle" >/dev/null
-  e=$(now); rm -rf "$d"; echo "$e - $s" | bc
+  e=$(now); drop_fs; echo "$e - $s" | bc
 }
 
 printf '%-14s %10s %10s %14s %12s %14s\n' image lamina containerd skopeo+umoci ctr/lamina skopeo/lamina

@@ -99,6 +99,24 @@ fn pull_anonymous_layers_match_umoci_and_second_pull_fetches_nothing() {
     let again = ok(&lamina(&root, dir.path(), &["pull", &name]));
     assert!(again.contains("fetched 0"), "{again}");
     assert!(!again.contains("download"), "{again}");
+    // By digest, into another store: the same layers, named by digest.
+    let digest = again
+        .split_whitespace()
+        .skip_while(|w| *w != "pulled")
+        .nth(2)
+        .unwrap()
+        .to_string();
+    let by_digest = format!("{}/lib/app@{digest}", reg.host);
+    let root2 = dir.path().join("root2");
+    ok(&lamina(&root2, dir.path(), &["pull", &by_digest]));
+    assert_same_tree(&root2, &by_digest, &layout, "v1", &dir.path().join("u2"));
+    let wrong = format!("{}/lib/app@sha256:{}", reg.host, "0".repeat(64));
+    let e = err(&lamina(&root2, dir.path(), &["pull", &wrong]));
+    assert!(
+        e.contains("404")
+            && e.contains(&format!("/v2/lib/app/manifests/sha256:{}", "0".repeat(64))),
+        "{e}"
+    );
 }
 
 #[test]
