@@ -194,7 +194,7 @@ impl Client {
             let base = format!("{scheme}://{host}");
             let url = format!("{base}/v2/");
             match self
-                .send_retrying(registry, || self.http_for(registry).get(&url), &url)
+                .send_retrying(|| self.http_for(registry).get(&url), &url)
                 .await
             {
                 Ok(resp) => {
@@ -235,11 +235,9 @@ impl Client {
     /// Sends with retries on 429/5xx and connection failures only (no auth).
     async fn send_retrying(
         &self,
-        registry: &str,
         build: impl Fn() -> RequestBuilder,
         url: &str,
     ) -> Result<Response> {
-        let _ = registry;
         let opts = &self.inner.opts;
         let mut attempt = 0;
         loop {
@@ -285,7 +283,7 @@ impl Client {
         let mut reauthed = false;
         loop {
             let auth = self
-                .auth_header(registry, challenge.as_ref(), &scope.scopes, false)
+                .auth_header(registry, challenge.as_ref(), &scope.scopes)
                 .await?;
             let build = || {
                 let mut req = self.http_for(registry).request(method.clone(), url);
@@ -294,7 +292,7 @@ impl Client {
                 }
                 customise(req)
             };
-            let resp = self.send_retrying(registry, build, url).await?;
+            let resp = self.send_retrying(build, url).await?;
             if resp.status() == StatusCode::UNAUTHORIZED && !reauthed {
                 reauthed = true;
                 if let Some(c) = resp
@@ -336,7 +334,6 @@ impl Client {
         registry: &str,
         challenge: Option<&Challenge>,
         scopes: &[String],
-        _force: bool,
     ) -> Result<Option<HeaderValue>> {
         let Some(ch) = challenge else { return Ok(None) };
         let value = if ch.is_bearer() {
@@ -413,7 +410,7 @@ impl Client {
             }
             req
         };
-        let resp = match self.send_retrying(registry, build, &url_s).await {
+        let resp = match self.send_retrying(build, &url_s).await {
             Ok(r) => r,
             Err(Error::Timeout { url, .. }) => {
                 return Err(Error::Timeout {
