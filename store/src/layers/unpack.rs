@@ -32,9 +32,10 @@
 //! - A directory the tar needs but does not list takes the owner, mode and
 //!   times of the same directory in the nearest lower layer (0755 root
 //!   otherwise), so the merged view keeps them.
-//! - A whiteout below a non-directory of the same layer is dropped (the
-//!   non-directory already hides everything below it; umoci writes these
-//!   when a directory became a file).
+//! - Whiteouts and opaque markers never follow symlinks: one below a
+//!   symlink or any other non-directory of the same layer is dropped (that
+//!   node already hides everything below it; umoci writes these when a
+//!   directory became a file or a symlink).
 //! - Hardlink targets are looked up in this layer, then in the lower layers
 //!   nearest first; a whiteout on the way means "not found".
 //! - Device nodes that cannot be created without privilege are skipped with

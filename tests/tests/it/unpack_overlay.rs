@@ -48,6 +48,7 @@ const LAYER1: &str = r#"
     echo gone > gone && echo g > gone-dir/deep/g
     echo x > x-file-to-dir/in && echo y > y-dir-to-file/in
     echo f > f-to-dir && echo s > s-to-file && ln -s etc s-to-file-link
+    echo c > file-to-link && mkdir dir-to-link && echo d > dir-to-link/in
     echo mine > home/u/mine && chown -R 1000:1000 home/u
     truncate -s 8M usr/lib/sparse && printf 'data' >> usr/lib/sparse
     echo 'héllo' > 'usr/lib/日本語 ☃'
@@ -62,6 +63,8 @@ const LAYER2: &str = r#"
     rm y-dir-to-file/in && rmdir y-dir-to-file && mkdir y-dir-to-file && echo y2 > y-dir-to-file/new
     rm f-to-dir && mkdir f-to-dir && echo in > f-to-dir/in
     rm s-to-file-link && echo file > s-to-file-link
+    rm file-to-link && ln -s etc file-to-link
+    rm -r dir-to-link && ln -s /etc dir-to-link
     ln bin/prog bin/prog-hard2
     chmod 0600 etc/passwd && chown 1000:1000 etc/passwd
     setfattr -n user.note -v layer2 bin/prog

@@ -264,6 +264,28 @@ impl<'a> Applier<'a> {
         if kind == NameKind::Meta {
             return Ok(());
         }
+        if kind != NameKind::Normal {
+            // Whiteouts and opaque markers never follow symlinks: below a
+            // symlink or any other non-directory of this layer they are
+            // redundant (that node already hides the lower directory; umoci
+            // writes `d/.wh.x` after replacing dir `d` with a file or a
+            // symlink), so they are dropped.
+            match self.tree.open_dir_no_symlinks(parent) {
+                Ok(pfd) => {
+                    return match kind {
+                        NameKind::Whiteout(target) => self.whiteout(&raw, pfd.as_fd(), target),
+                        _ => self.opaque(&raw, pfd.as_fd()),
+                    };
+                }
+                Err(e) if errno_is(&e, Errno::LOOP) || errno_is(&e, Errno::NOTDIR) => {
+                    tracing::debug!(layer = self.layer, entry = %lossy(&raw), "whiteout below a non-directory dropped");
+                    return Ok(());
+                }
+                // Missing directories: created below (no symlink on the way).
+                Err(e) if errno_is(&e, Errno::NOENT) => {}
+                Err(e) => return Err(self.failed(&raw, "open parent directory")(e)),
+            }
+        }
         let mut created = Vec::new();
         let pfd = match self.tree.take_parent(parent, Some(&mut created)) {
             Ok(fd) => {
@@ -272,10 +294,6 @@ impl<'a> Applier<'a> {
                 }
                 fd
             }
-            // A whiteout below a non-directory of this layer (umoci writes
-            // `f` then `f/.wh.x` when a dir became a file): the non-directory
-            // already hides everything below it, nothing to record.
-            Err(e) if kind != NameKind::Normal && errno_is(&e, Errno::NOTDIR) => return Ok(()),
             Err(e) => return Err(self.failed(&raw, "open parent directory")(e)),
         };
         let parent = parent.to_vec();

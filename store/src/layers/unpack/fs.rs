@@ -70,10 +70,22 @@ impl Tree {
     /// Opens the existing directory `rel` (normalised), resolving symlinks
     /// as if the layer root were `/`.
     pub fn open_dir(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        self.open_dir_with(rel, ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS)
+    }
+
+    /// Opens the existing directory `rel` without following any symlink
+    /// (`ELOOP` if a component is one).
+    pub fn open_dir_no_symlinks(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        self.open_dir_with(
+            rel,
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+    }
+
+    fn open_dir_with(&self, rel: &[u8], in_root: ResolveFlags) -> io::Result<OwnedFd> {
         if rel.is_empty() {
             return self.root.try_clone();
         }
-        let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
         if rel.len() <= SHORT_PATH {
             return openat2_retry(self.root(), rel, DIR_FLAGS, in_root);
         }
