@@ -78,6 +78,10 @@ struct NodeState {
     chain: Vec<usize>,
     /// Directories: the merged index, built on first use.
     index: Option<Arc<DirIndex>>,
+    /// The fd may not be closed: `parent`/`name` no longer lead to this
+    /// file (that name was removed while the file lives on: other links, or
+    /// open), so it could not be reopened by path.
+    pinned: bool,
 }
 
 /// A registered passthrough backing file and the real file it is.
@@ -260,6 +264,7 @@ impl OverlayFs {
                 name: OsString::new(),
                 chain,
                 index: None,
+                pinned: false,
             }),
             backing: Mutex::new(Weak::new()),
         });
@@ -322,13 +327,18 @@ impl OverlayFs {
             return;
         }
         let nodes = self.nodes.lock().unwrap();
-        while q.len() > self.fd_budget * 9 / 10 {
+        let mut budget = q.len();
+        while q.len() > self.fd_budget * 9 / 10 && budget > 0 {
+            budget -= 1;
             let Some(old) = q.pop_front() else { break };
-            if old == ROOT_INO {
-                continue;
-            }
             if let Some(n) = nodes.get(&old) {
-                n.st.lock().unwrap().fd = None;
+                let mut st = n.st.lock().unwrap();
+                if st.pinned {
+                    drop(st);
+                    q.push_back(old);
+                } else {
+                    st.fd = None;
+                }
             }
         }
     }
@@ -443,8 +453,10 @@ impl OverlayFs {
                 }
                 let mut s = n.st.lock().unwrap();
                 if kind != FileType::Directory {
+                    // Found by this name just now: it leads to the file again.
                     s.parent = parent;
                     s.name = name.to_owned();
+                    s.pinned = false;
                 }
                 let reopened = s.fd.is_none() && s.layer == layer;
                 if reopened {
@@ -474,6 +486,7 @@ impl OverlayFs {
                 name: name.to_owned(),
                 chain,
                 index: None,
+                pinned: false,
             }),
             backing: Mutex::new(Weak::new()),
         });
@@ -699,6 +712,10 @@ impl OverlayFs {
         }
         let (parent_ino, name) = {
             let st = node.st.lock().unwrap();
+            if st.pinned && node.ino != ROOT_INO {
+                // Its name is gone: copying it up would bring the name back.
+                return Err(Errno::STALE);
+            }
             (st.parent, st.name.clone())
         };
         let src_fd = self.node_fd(node)?.0;
@@ -1132,8 +1149,10 @@ impl OverlayFs {
 
     /// The identity of an upper file about to lose a name (taken before the
     /// removal: afterwards it may not be reachable to ask).
+    /// Also pins the node's fd: the name it was known by is going away.
     fn upper_identity(&self, node: &Node) -> Option<Stat> {
         let (fd, layer) = self.node_fd(node).ok()?;
+        node.st.lock().unwrap().pinned = true;
         if layer != 0 || !self.has_upper {
             return None;
         }

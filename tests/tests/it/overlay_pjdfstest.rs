@@ -28,7 +28,12 @@ fn pjdfstest_passes_on_a_lamina_mount() -> Result<()> {
     let lower = tmp.path().join("lower");
     std::fs::create_dir_all(lower.join("from-lower"))?;
     let (upper, work) = (tmp.path().join("upper"), tmp.path().join("work"));
-    let m = LaminaMount::mount(&[lower], Some((&upper, &work)), &tmp.path().join("mnt"))?;
+    let m = LaminaMount::mount_with_fd_budget(
+        &[lower],
+        Some((&upper, &work)),
+        &tmp.path().join("mnt"),
+        Some(200),
+    )?;
     let dir = m.dir.join("pjd");
     std::fs::create_dir(&dir)?;
     let out = Command::new(exe).arg("-p").arg(&dir).output()?;
