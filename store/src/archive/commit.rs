@@ -3,11 +3,15 @@
 //! The layer is written by [`super::layer_writer`] straight into a content
 //! ingest (compressed and hashed in one pass, reading only the upper dir),
 //! then the new config (diff id appended, a history entry), a new OCI
-//! manifest, and the name. The new layer is also unpacked into a layer dir
-//! (from the blob, by the store's unpacker) so that the result can be mounted,
-//! used for containers and committed again, like any pulled image.
+//! manifest, and the name. While it is written, the same uncompressed tar is
+//! unpacked into a layer dir by the store's unpacker (on another thread), so
+//! the result can be mounted, used for containers and committed again, like
+//! any pulled image. Either side failing fails the commit; the unpacker
+//! never sees a cut-off stream as a complete layer.
 
-use super::layer_writer::{Compression, LayerDigests, LayerOptions, write_layer};
+use super::layer_writer::{
+    Compression, LayerDigests, LayerOptions, READER_STOPPED, stream, write_layer_tee,
+};
 use crate::images::{MAX_METADATA_BLOB, media_types};
 use crate::{Digest, Error, ImageRecord, Result, Store};
 use serde_json::{Value, json};
@@ -63,23 +67,54 @@ pub fn commit(
         compression: opts.compression,
         sparse: opts.sparse,
     };
-    let layer = match write_layer(&upper, &mut ingest, &lopts) {
-        Ok((d, _)) => d,
-        Err(e) => {
+    // The tar goes to the compressor (-> blob) and, at the same time, to the
+    // store's unpacker (-> layer dir), so the layer is read from the upper once.
+    let unpack_name = format!("committed layer of container {}", c.id);
+    let (mut tee, tee_reader) = stream();
+    let (written, unpacked) = std::thread::scope(|scope| {
+        let unpacker =
+            scope.spawn(|| store.unpack_layer(base.top_chain_id(), None, tee_reader, &unpack_name));
+        let written =
+            write_layer_tee(&upper, &mut ingest, Some(&mut tee), &lopts).and_then(|(d, _)| {
+                tee.finish().map_err(|source| Error::Io {
+                    path: upper.clone(),
+                    source,
+                })?;
+                Ok(d)
+            });
+        let unpacked = unpacker.join().unwrap_or_else(|_| {
+            Err(Error::Archive {
+                path: upper.clone(),
+                reason: "the unpacking thread panicked".into(),
+            })
+        });
+        (written, unpacked)
+    });
+    let (layer, info) = match (written, unpacked) {
+        (Ok(layer), Ok(info)) => (layer, info),
+        (w, u) => {
             let _ = ingest.abort();
-            return Err(e);
+            // When both failed, one caused the other: the writer's error is
+            // only "reader stopped" when the unpacker failed first.
+            return Err(match (w, u) {
+                (Err(we), Err(ue)) if we.to_string().contains(READER_STOPPED) => ue,
+                (Err(we), _) => we,
+                (_, Err(ue)) => ue,
+                _ => unreachable!("both succeeded above"),
+            });
         }
     };
     let blob = ingest.commit()?;
-    if blob.as_str() != layer.digest {
+    if blob.as_str() != layer.digest || info.diff_id.as_str() != layer.diff_id {
         return Err(Error::Archive {
             path: upper.clone(),
             reason: format!(
-                "the stored layer hashes to {blob}, the writer saw {}",
-                layer.digest
+                "the stored layer hashes to {blob} (unpacked: {}), the writer saw {} ({})",
+                info.diff_id, layer.digest, layer.diff_id
             ),
         });
     }
+    store.record_layer_blob(&blob, &info.diff_id, layer.media_type)?;
     let diff_id = Digest::parse(&layer.diff_id)?;
 
     // Config: keep every field of the base, append the diff id and a history entry.
@@ -140,13 +175,6 @@ pub fn commit(
     let m_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::io("<manifest>", e.into()))?;
     let m_digest = store.content().put(&m_bytes, None)?;
 
-    store.unpack_layer_blob(
-        base.top_chain_id(),
-        &blob,
-        layer.media_type,
-        Some(&diff_id),
-        &format!("committed layer {blob} of container {}", c.id),
-    )?;
     let image = store.register_image(name, &m_digest)?;
     Ok(Committed { image, layer })
 }

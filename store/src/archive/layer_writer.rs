@@ -102,6 +102,19 @@ pub fn write_layer<W: Write + Send>(
     out: W,
     opts: &LayerOptions,
 ) -> Result<(LayerDigests, W)> {
+    write_layer_tee(upper, out, None, opts)
+}
+
+/// Like [`write_layer`], also sending the uncompressed tar to `tee` (for an
+/// unpacker running at the same time). The caller ends `tee` with
+/// [`StreamWriter::finish`] once this returns `Ok`; a `tee` dropped without it
+/// makes the reader fail, so a failed write never looks like a short layer.
+pub fn write_layer_tee<W: Write + Send>(
+    upper: &Path,
+    out: W,
+    tee: Option<&mut StreamWriter>,
+    opts: &LayerOptions,
+) -> Result<(LayerDigests, W)> {
     let out_name = PathBuf::from("<layer stream>");
     let io_out = |source| Error::Io {
         path: out_name.clone(),
@@ -109,7 +122,15 @@ pub fn write_layer<W: Write + Send>(
     };
     let blob = HashWriter::new(BufWriter::with_capacity(1 << 20, out));
     let ((diff_id, uncompressed_size), blob) = if opts.compression == Compression::None {
-        write_tar(upper, blob, opts)?
+        let (d, t) = write_tar(
+            upper,
+            Tee {
+                first: blob,
+                second: tee,
+            },
+            opts,
+        )?;
+        (d, t.first)
     } else {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
         let compression = opts.compression;
@@ -119,8 +140,16 @@ pub fn write_layer<W: Write + Send>(
                 tx,
                 buf: Vec::with_capacity(CHUNK),
             };
-            let tar = write_tar(upper, sender, opts).and_then(|(d, sender)| {
-                sender.close().map_err(io_out)?;
+            let tar = write_tar(
+                upper,
+                Tee {
+                    first: sender,
+                    second: tee,
+                },
+                opts,
+            )
+            .and_then(|(d, t)| {
+                t.first.close().map_err(io_out)?;
                 Ok(d)
             });
             let compressed = worker
@@ -146,6 +175,127 @@ pub fn write_layer<W: Write + Send>(
         },
         out,
     ))
+}
+
+/// Writes to `first` and copies what it took to `second`.
+struct Tee<'a, A> {
+    first: A,
+    second: Option<&'a mut StreamWriter>,
+}
+
+impl<A: Write> Write for Tee<'_, A> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = self.first.write(data)?;
+        if let Some(s) = self.second.as_mut() {
+            s.write_all(&data[..n])?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.first.flush()
+    }
+}
+
+/// The error a [`StreamWriter`] reports when its reader went away.
+pub const READER_STOPPED: &str = "the reader of the layer stream stopped";
+
+enum StreamMsg {
+    Data(Vec<u8>),
+    End,
+}
+
+/// The writing end of an in-process byte stream between two threads (see [`stream`]).
+pub struct StreamWriter {
+    tx: std::sync::mpsc::SyncSender<StreamMsg>,
+    buf: Vec<u8>,
+}
+
+/// The reading end of an in-process byte stream (see [`stream`]).
+pub struct StreamReader {
+    rx: std::sync::mpsc::Receiver<StreamMsg>,
+    cur: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+/// A bounded in-process byte stream: what the writer writes, the reader
+/// reads; the reader sees end-of-file only after [`StreamWriter::finish`],
+/// and an error if the writer was dropped without it.
+pub fn stream() -> (StreamWriter, StreamReader) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(8);
+    (
+        StreamWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        },
+        StreamReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+            ended: false,
+        },
+    )
+}
+
+impl StreamWriter {
+    fn send(&mut self, msg: StreamMsg) -> std::io::Result<()> {
+        self.tx
+            .send(msg)
+            .map_err(|_| std::io::Error::other(READER_STOPPED))
+    }
+
+    /// Sends what is buffered and the end of the stream.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::take(&mut self.buf);
+            self.send(StreamMsg::Data(chunk))?;
+        }
+        self.send(StreamMsg::End)
+    }
+}
+
+impl Write for StreamWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+            self.send(StreamMsg::Data(chunk))?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::io::Read for StreamReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(StreamMsg::Data(v)) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Ok(StreamMsg::End) => self.ended = true,
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the layer stream was cut off (writing the layer failed)",
+                    ));
+                }
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 const CHUNK: usize = 1 << 20;
@@ -603,6 +753,26 @@ mod tests {
         .unwrap();
         let err = write_layer(tmp.path(), std::io::sink(), &LayerOptions::default()).unwrap_err();
         assert!(err.to_string().contains("redirect_dir"), "{err}");
+    }
+
+    #[test]
+    fn stream_ends_only_when_finished() {
+        use std::io::Read;
+        let (mut w, mut r) = stream();
+        let t = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let res = r.read_to_end(&mut v);
+            (res.is_ok(), v.len())
+        });
+        w.write_all(&vec![1u8; (1 << 20) + 5]).unwrap();
+        w.finish().unwrap();
+        assert_eq!(t.join().unwrap(), (true, (1 << 20) + 5));
+        // Dropped without finish: the reader gets an error, not a short stream.
+        let (mut w, mut r) = stream();
+        let t = std::thread::spawn(move || r.read_to_end(&mut Vec::new()).is_err());
+        w.write_all(&[1u8; 100]).unwrap();
+        drop(w);
+        assert!(t.join().unwrap());
     }
 
     #[test]
