@@ -127,7 +127,7 @@ impl DirIndex {
 }
 
 /// One raw directory entry of one layer.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Raw {
     /// A real entry of this type.
     Node(FileType),
@@ -307,5 +307,88 @@ mod tests {
         let l2 = vec![(n("x"), Raw::Node(FileType::RegularFile))];
         let (m, _) = merge(vec![(0, upper, false), (1, l1, false), (2, l2, false)]);
         assert!(!m[&n("x")].lower_positive);
+    }
+
+    mod rules {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+        fn raw() -> impl Strategy<Value = Option<Raw>> {
+            prop_oneof![
+                Just(None),
+                Just(Some(Raw::Node(FileType::RegularFile))),
+                Just(Some(Raw::Node(FileType::Directory))),
+                Just(Some(Raw::Node(FileType::Symlink))),
+                Just(Some(Raw::Whiteout)),
+            ]
+        }
+
+        /// Layers top first: per name an optional entry, and an opaque flag.
+        fn layers() -> impl Strategy<Value = Vec<(Vec<Option<Raw>>, bool)>> {
+            proptest::collection::vec(
+                (proptest::collection::vec(raw(), NAMES.len()), any::<bool>()),
+                1..6,
+            )
+        }
+
+        proptest! {
+            /// The merge agrees with overlayfs's rules written the naive way:
+            /// the top-most layer (above and including the first opaque one)
+            /// that has a name decides it; a whiteout hides it; a directory
+            /// continues down through directories only.
+            #[test]
+            fn merge_matches_the_rules(layers in layers()) {
+                let listings: Vec<(usize, Vec<(OsString, Raw)>, bool)> = layers
+                    .iter()
+                    .enumerate()
+                    .map(|(l, (names, opaque))| {
+                        let list = names
+                            .iter()
+                            .zip(NAMES)
+                            .filter_map(|(r, n)| r.as_ref().map(|r| (n.into(), match r {
+                                Raw::Whiteout => Raw::Whiteout,
+                                Raw::Node(k) => Raw::Node(*k),
+                            })))
+                            .collect();
+                        (l, list, *opaque)
+                    })
+                    .collect();
+                let (merged, _) = merge(listings);
+                let visible_layers = layers.iter().position(|(_, o)| *o).map_or(layers.len(), |p| p + 1);
+                for (i, name) in NAMES.iter().enumerate() {
+                    let top = (0..visible_layers).find(|&l| layers[l].0[i].is_some());
+                    let got = merged.get(OsStr::new(name));
+                    match top {
+                        None => prop_assert!(got.is_none()),
+                        Some(l) => {
+                            let e = got.expect("name present in some layer");
+                            match layers[l].0[i].as_ref().unwrap() {
+                                Raw::Whiteout => prop_assert_eq!(e.state, State::Whiteout),
+                                Raw::Node(k) => {
+                                    prop_assert_eq!(e.state, State::Present { layer: l, kind: *k });
+                                    if *k == FileType::Directory {
+                                        let mut chain = vec![l];
+                                        for below in l + 1..visible_layers {
+                                            match &layers[below].0[i] {
+                                                None => continue,
+                                                Some(Raw::Node(FileType::Directory)) => chain.push(below),
+                                                Some(_) => break,
+                                            }
+                                        }
+                                        prop_assert_eq!(&e.dir_chain, &chain);
+                                    }
+                                }
+                            }
+                            // Layer 0 is the upper one: does anything below show the name?
+                            let first_lower = (1..visible_layers).find(|&l| layers[l].0[i].is_some());
+                            let expect = first_lower.is_some_and(|l| layers[l].0[i] != Some(Raw::Whiteout));
+                            prop_assert_eq!(e.lower_positive, expect);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
