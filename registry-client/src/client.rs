@@ -214,15 +214,16 @@ impl Client {
             }
         }
         let err = last_err.expect("at least one scheme tried");
-        if !loopback && !self.inner.opts.insecure {
-            if let Error::Transport { url, reason } = err {
-                return Err(Error::Transport {
-                    url,
-                    reason: format!(
-                        "{reason} (lamina uses HTTPS for non-loopback registries; pass --insecure for a plain-HTTP or self-signed registry)"
-                    ),
-                });
-            }
+        if !loopback
+            && !self.inner.opts.insecure
+            && let Error::Transport { url, reason } = err
+        {
+            return Err(Error::Transport {
+                url,
+                reason: format!(
+                    "{reason} (lamina uses HTTPS for non-loopback registries; pass --insecure for a plain-HTTP or self-signed registry)"
+                ),
+            });
         }
         Err(err)
     }
@@ -302,10 +303,10 @@ impl Client {
                     .and_then(Challenge::parse)
                 {
                     let mut scopes = scope.scopes.clone();
-                    if let Some(s) = c.params.get("scope") {
-                        if !scopes.contains(s) {
-                            scopes.push(s.clone());
-                        }
+                    if let Some(s) = c.params.get("scope")
+                        && !scopes.contains(s)
+                    {
+                        scopes.push(s.clone());
                     }
                     // Drop the cached token and fetch a new one for the scopes asked for.
                     self.inner

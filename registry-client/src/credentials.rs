@@ -126,33 +126,32 @@ impl CredentialSources {
         if let Some((_, c)) = self.explicit.iter().find(|(r, _)| r == registry) {
             return Ok(Some(c.clone()));
         }
-        if let Some(path) = &self.lamina_file {
-            if let Some(cfg) = read_config(path)? {
-                if let Some(c) = from_auths(&cfg, registry, path)? {
-                    return Ok(Some(c));
-                }
-            }
+        if let Some(path) = &self.lamina_file
+            && let Some(cfg) = read_config(path)?
+            && let Some(c) = from_auths(&cfg, registry, path)?
+        {
+            return Ok(Some(c));
         }
-        if let Some(path) = &self.docker_config {
-            if let Some(cfg) = read_config(path)? {
-                let helper = cfg
-                    .get("credHelpers")
-                    .and_then(Value::as_object)
-                    .and_then(|h| h.iter().find(|(k, _)| normalise_key(k) == registry))
-                    .and_then(|(_, v)| v.as_str());
-                if let Some(h) = helper {
-                    if let Some(c) = run_helper(h, registry)? {
-                        return Ok(Some(c));
-                    }
-                }
-                if let Some(c) = from_auths(&cfg, registry, path)? {
-                    return Ok(Some(c));
-                }
-                if let Some(store) = cfg.get("credsStore").and_then(Value::as_str) {
-                    if let Some(c) = run_helper(store, registry)? {
-                        return Ok(Some(c));
-                    }
-                }
+        if let Some(path) = &self.docker_config
+            && let Some(cfg) = read_config(path)?
+        {
+            let helper = cfg
+                .get("credHelpers")
+                .and_then(Value::as_object)
+                .and_then(|h| h.iter().find(|(k, _)| normalise_key(k) == registry))
+                .and_then(|(_, v)| v.as_str());
+            if let Some(h) = helper
+                && let Some(c) = run_helper(h, registry)?
+            {
+                return Ok(Some(c));
+            }
+            if let Some(c) = from_auths(&cfg, registry, path)? {
+                return Ok(Some(c));
+            }
+            if let Some(store) = cfg.get("credsStore").and_then(Value::as_str)
+                && let Some(c) = run_helper(store, registry)?
+            {
+                return Ok(Some(c));
             }
         }
         Ok(None)

@@ -133,12 +133,12 @@ impl Manifest {
                 raw.schema_version
             )));
         }
-        if let (Some(doc), Some(ct)) = (&raw.media_type, &content_type) {
-            if doc != ct {
-                return Err(invalid(format!(
-                    "the registry says Content-Type {ct} but the document says mediaType {doc}"
-                )));
-            }
+        if let (Some(doc), Some(ct)) = (&raw.media_type, &content_type)
+            && doc != ct
+        {
+            return Err(invalid(format!(
+                "the registry says Content-Type {ct} but the document says mediaType {doc}"
+            )));
         }
         let media_type = raw.media_type.clone().or(content_type).unwrap_or_else(|| {
             if raw.manifests.is_some() {

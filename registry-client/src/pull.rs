@@ -66,14 +66,14 @@ impl Client {
         let bytes = read_limited(resp, limit, &url).await?;
         let m = Manifest::parse(bytes, content_type.as_deref(), &url)?;
         let expected = Digest::parse(reference).ok().or(header_digest);
-        if let Some(expected) = expected {
-            if expected != m.digest {
-                return Err(Error::DigestMismatch {
-                    url,
-                    expected: expected.to_string(),
-                    actual: m.digest.to_string(),
-                });
-            }
+        if let Some(expected) = expected
+            && expected != m.digest
+        {
+            return Err(Error::DigestMismatch {
+                url,
+                expected: expected.to_string(),
+                actual: m.digest.to_string(),
+            });
         }
         Ok(m)
     }
@@ -231,16 +231,16 @@ impl BlobReader {
                 Ok(Some(chunk)) => return self.accept(chunk).map(Some),
                 Ok(None) => {
                     self.response = None;
-                    if let Some(size) = self.size {
-                        if self.offset < size {
-                            // Truncated: resume from here.
-                            self.failed(format!(
-                                "connection closed after {} of {size} bytes",
-                                self.offset
-                            ))
-                            .await?;
-                            continue;
-                        }
+                    if let Some(size) = self.size
+                        && self.offset < size
+                    {
+                        // Truncated: resume from here.
+                        self.failed(format!(
+                            "connection closed after {} of {size} bytes",
+                            self.offset
+                        ))
+                        .await?;
+                        continue;
                     }
                     self.done = true;
                     if let Some(v) = &self.verifier {
@@ -274,14 +274,14 @@ impl BlobReader {
 
     fn accept(&mut self, chunk: Bytes) -> Result<Bytes> {
         let end = self.offset + chunk.len() as u64;
-        if let Some(size) = self.size {
-            if end > size {
-                return Err(Error::SizeMismatch {
-                    url: self.url.clone(),
-                    expected: size,
-                    actual: end,
-                });
-            }
+        if let Some(size) = self.size
+            && end > size
+        {
+            return Err(Error::SizeMismatch {
+                url: self.url.clone(),
+                expected: size,
+                actual: end,
+            });
         }
         if let Some(v) = &mut self.verifier {
             v.update(&chunk);
@@ -311,14 +311,14 @@ impl BlobReader {
             // Everything already held; an empty stream to verify.
             self.response = None;
             self.done = true;
-            if let Some(v) = &self.verifier {
-                if v.digest() != self.digest {
-                    return Err(Error::DigestMismatch {
-                        url: self.url.clone(),
-                        expected: self.digest.to_string(),
-                        actual: v.digest().to_string(),
-                    });
-                }
+            if let Some(v) = &self.verifier
+                && v.digest() != self.digest
+            {
+                return Err(Error::DigestMismatch {
+                    url: self.url.clone(),
+                    expected: self.digest.to_string(),
+                    actual: v.digest().to_string(),
+                });
             }
             return Ok(());
         }
@@ -381,14 +381,14 @@ impl BlobReader {
             }
             _ => {}
         }
-        if let (Some(size), Some(len)) = (self.size, resp.content_length()) {
-            if offset + len != size {
-                return Err(Error::SizeMismatch {
-                    url: self.url.clone(),
-                    expected: size,
-                    actual: offset + len,
-                });
-            }
+        if let (Some(size), Some(len)) = (self.size, resp.content_length())
+            && offset + len != size
+        {
+            return Err(Error::SizeMismatch {
+                url: self.url.clone(),
+                expected: size,
+                actual: offset + len,
+            });
         }
         self.response = Some(resp);
         Ok(())

@@ -155,14 +155,13 @@ impl Client {
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
+            && theirs != ours.as_str()
         {
-            if theirs != ours.as_str() {
-                return Err(Error::DigestMismatch {
-                    url,
-                    expected: ours.to_string(),
-                    actual: theirs.to_string(),
-                });
-            }
+            return Err(Error::DigestMismatch {
+                url,
+                expected: ours.to_string(),
+                actual: theirs.to_string(),
+            });
         }
         Ok(ours)
     }

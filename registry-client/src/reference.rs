@@ -53,10 +53,10 @@ impl Reference {
             }
             None => (rest, None),
         };
-        if let Some(t) = tag {
-            if !valid_tag(t) {
-                return Err(bad("tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"));
-            }
+        if let Some(t) = tag
+            && !valid_tag(t)
+        {
+            return Err(bad("tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"));
         }
         let (registry, repo) = match name.split_once('/') {
             Some((first, remainder))
@@ -245,10 +245,10 @@ fn valid_host(h: &str) -> bool {
         Some((host, port)) => (host, Some(port)),
         None => (h, None),
     };
-    if let Some(p) = port {
-        if !valid_port(p) {
-            return false;
-        }
+    if let Some(p) = port
+        && !valid_port(p)
+    {
+        return false;
     }
     !host.is_empty()
         && host.split('.').all(|label| {
