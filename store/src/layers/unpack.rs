@@ -2,9 +2,9 @@
 //! in overlayfs format.
 //!
 //! The stream is read once. The calling thread detects the compression
-//! (gzip, zstd or none, from the magic bytes), decompresses, hashes the
-//! uncompressed bytes (the diff id) and hands them in large chunks to a
-//! worker thread that parses the tar and writes the entries; memory stays
+//! (gzip, zstd or none, from the magic bytes), decompresses and hands the
+//! uncompressed bytes in large chunks to a worker thread that hashes them
+//! (the diff id), parses the tar and writes the entries; memory stays
 //! bounded by a few chunks whatever the layer size. Nothing is fsynced: the
 //! caller syncs the file system once per layer if it wants durability.
 //!
@@ -118,7 +118,8 @@ pub fn unpack(
             .stack_size(16 << 20)
             .spawn_scoped(scope, move || {
                 let mut input = stream::ChannelReader::new(rx, free_tx);
-                apply_archive(&mut input, tree, lower_trees, layer_name)
+                let entries = apply_archive(&mut input, tree, lower_trees, layer_name)?;
+                Ok((entries, input.digest()))
             })
             .map_err(|source| UnpackError::Read {
                 layer: layer_name.to_owned(),
@@ -137,9 +138,9 @@ pub fn unpack(
                 layer: layer_name.to_owned(),
             });
         }
-        let entries = applied?;
+        let (entries, digest) = applied?;
         Ok(UnpackStats {
-            diff_id: format!("sha256:{}", hex::encode(summary.digest)),
+            diff_id: format!("sha256:{}", hex::encode(digest)),
             size: summary.size,
             entries,
         })

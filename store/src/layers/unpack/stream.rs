@@ -1,6 +1,8 @@
 //! The first stage of unpack: detect the compression from magic bytes,
-//! decompress, hash and count the uncompressed bytes, and hand them in large
-//! chunks to the tar stage running on another thread.
+//! decompress and count the uncompressed bytes, and hand them in large
+//! chunks to the tar stage running on another thread, which hashes them as
+//! it receives them (decompression is the heavier half; this balances the
+//! two threads).
 //!
 //! Memory is bounded: a fixed pool of [`CHUNKS`] buffers of [`CHUNK_SIZE`]
 //! bytes circulates between the two stages, whatever the layer size.
@@ -49,8 +51,6 @@ pub enum Msg {
 
 /// What the first stage saw of the uncompressed stream.
 pub struct Summary {
-    /// sha256 of the uncompressed bytes.
-    pub digest: [u8; 32],
     /// Number of uncompressed bytes.
     pub size: u64,
 }
@@ -83,7 +83,6 @@ fn produce_inner(
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
         Compression::None => Box::new(input),
     };
-    let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut allocated = 0;
     loop {
@@ -113,16 +112,12 @@ fn produce_inner(
             break;
         }
         buf.truncate(filled);
-        hasher.update(&buf);
         size += filled as u64;
         if tx.send(Msg::Data(buf)).is_err() {
             break;
         }
     }
-    Ok(Summary {
-        digest: hasher.finalize().into(),
-        size,
-    })
+    Ok(Summary { size })
 }
 
 /// The tar stage's view of the stream: a `Read` over the chunks received.
@@ -132,6 +127,7 @@ pub struct ChannelReader {
     current: Vec<u8>,
     pos: usize,
     eof: bool,
+    hasher: Sha256,
 }
 
 impl ChannelReader {
@@ -143,6 +139,7 @@ impl ChannelReader {
             current: Vec::new(),
             pos: 0,
             eof: false,
+            hasher: Sha256::new(),
         }
     }
 
@@ -158,7 +155,10 @@ impl ChannelReader {
             }
             self.pos = 0;
             match self.rx.recv() {
-                Ok(Msg::Data(buf)) => self.current = buf,
+                Ok(Msg::Data(buf)) => {
+                    self.hasher.update(&buf);
+                    self.current = buf;
+                }
                 Ok(Msg::Abort) => {
                     self.eof = true;
                     return Err(io::Error::other("the layer stream failed"));
@@ -170,6 +170,11 @@ impl ChannelReader {
             }
         }
         Ok(true)
+    }
+
+    /// sha256 of every byte received (call after [`ChannelReader::drain`]).
+    pub fn digest(self) -> [u8; 32] {
+        self.hasher.finalize().into()
     }
 
     /// Consumes the rest of the stream (padding after the end-of-archive
