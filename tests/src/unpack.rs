@@ -256,8 +256,7 @@ impl Sandbox {
         }
     }
 
-    /// The sentinel's absolute path without its leading `/`, as a layer
-    /// entry would name it.
+    /// The sentinel's absolute path, for hostile entries and link targets.
     pub fn sentinel_abs(&self) -> String {
         self.sentinel.display().to_string()
     }
