@@ -55,6 +55,17 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// This machine's first non-loopback IPv4 address (the source address of a
+/// route to a public address; nothing is sent), if any.
+pub fn non_loopback_ip() -> Option<String> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("8.8.8.8:9")
+        .or_else(|_| s.connect("10.255.255.255:9"))
+        .ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then(|| ip.to_string())
+}
+
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -117,10 +128,22 @@ impl Registry {
             );
             return None;
         }
-        Some(Self::try_start(auth).expect("starting docker-registry"))
+        Some(Self::try_start(auth, "127.0.0.1").expect("starting docker-registry"))
     }
 
-    fn try_start(auth: Auth) -> Result<Registry> {
+    /// Starts an anonymous registry listening on `ip` (e.g. this machine's
+    /// non-loopback address, to test what lamina does with plain HTTP there).
+    pub fn start_on(ip: &str) -> Option<Registry> {
+        if !have("docker-registry") {
+            eprintln!(
+                "SKIPPED: docker-registry is not installed (apt-get install docker-registry)"
+            );
+            return None;
+        }
+        Some(Self::try_start(Auth::Anonymous, ip).expect("starting docker-registry"))
+    }
+
+    fn try_start(auth: Auth, ip: &str) -> Result<Registry> {
         let dir = tempfile::Builder::new()
             .prefix("lamina-registry-")
             .tempdir()?;
@@ -159,7 +182,7 @@ impl Registry {
         };
         for _attempt in 0..5 {
             let port = free_port();
-            let host = format!("127.0.0.1:{port}");
+            let host = format!("{ip}:{port}");
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,

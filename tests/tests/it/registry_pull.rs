@@ -562,3 +562,29 @@ fn pull_with_docker_credential_helper() {
     ));
     assert!(e.contains("401"), "{e}");
 }
+
+#[test]
+fn plain_http_only_for_loopback_or_insecure() {
+    require_tools!("umoci", "skopeo");
+    let Some(ip) = lamina_tests::registry::non_loopback_ip() else {
+        eprintln!("SKIPPED: no non-loopback IPv4 address on this machine");
+        return;
+    };
+    let Some(reg) = Registry::start_on(&ip) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = image(dir.path());
+    reg.put_oci(&layout, "v1", "net/app:v1").unwrap();
+    let root = dir.path().join("root");
+    let name = format!("{}/net/app:v1", reg.host);
+    // HTTPS is required off loopback: the plain-HTTP registry fails the TLS handshake.
+    let e = err(&lamina(&root, dir.path(), &["pull", &name]));
+    assert!(
+        e.contains(&format!("https://{}/v2/", reg.host)) && e.contains("--insecure"),
+        "{e}"
+    );
+    // With --insecure, lamina falls back to plain HTTP.
+    ok(&lamina(&root, dir.path(), &["pull", "--insecure", &name]));
+    assert_same_tree(&root, &name, &layout, "v1", &dir.path().join("u"));
+}
