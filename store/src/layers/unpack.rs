@@ -19,7 +19,7 @@
 //! - Whiteouts become character devices 0/0 (or `.wh.NAME` marker files
 //!   without the privilege for mknod), `.wh..wh..opq` becomes the
 //!   `trusted.overlay.opaque=y` xattr (or the marker file). Layers cannot
-//!   set `trusted.overlay.*` xattrs themselves.
+//!   set `trusted.overlay.*` or `user.overlay.*` xattrs themselves.
 //! - On error `dest` holds a partial layer; the caller deletes it. An error
 //!   in either stage stops the other at once (the stream is not read to its
 //!   end).

@@ -282,12 +282,22 @@ fn overlay_xattrs_from_the_layer_are_dropped() -> Result<()> {
             Entry::dir("d").with_pax("SCHILY.xattr.trusted.overlay.redirect", "/etc"),
             Entry::file("f", "x")
                 .with_pax("SCHILY.xattr.trusted.overlay.metacopy", "")
+                .with_pax("SCHILY.xattr.user.overlay.redirect", "/etc")
                 .with_pax("SCHILY.xattr.user.ok", "1"),
         ]),
     )?;
     let x = lamina_tests::tree::xattrs(&sb.dest.join("f"))?;
     ensure!(x == vec![("user.ok".to_owned(), b"1".to_vec())], "{x:?}");
     let mut buf = [0u8; 64];
+    for (file, name) in [
+        ("f", "trusted.overlay.metacopy"),
+        ("f", "user.overlay.redirect"),
+    ] {
+        ensure!(
+            rustix::fs::lgetxattr(&sb.dest.join(file), name, &mut buf[..]).is_err(),
+            "{name} kept on {file}"
+        );
+    }
     ensure!(
         rustix::fs::lgetxattr(&sb.dest.join("d"), "trusted.overlay.redirect", &mut buf[..])
             .is_err()

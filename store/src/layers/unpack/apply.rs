@@ -27,9 +27,10 @@ use super::fs::{self as lfs, DIR_FLAGS, Tree};
 use super::path::{self, NameKind};
 
 pub use super::fs::OPAQUE_XATTR;
-/// xattrs overlayfs interprets; a layer may not set them (a forged
-/// `redirect` would make the mount look elsewhere).
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+/// xattrs overlayfs interprets (`user.overlay.*` under `userxattr`); a
+/// layer may not set them (a forged `redirect` would make the mount look
+/// elsewhere).
+const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
 
 /// Metadata of one entry, from its header and PAX records.
 struct Meta {
@@ -190,7 +191,7 @@ impl<'a> Applier<'a> {
                         })?;
                     }
                 } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if name.starts_with(OVERLAY_XATTR_PREFIX) {
+                    if OVERLAY_XATTR_PREFIXES.iter().any(|p| name.starts_with(p)) {
                         tracing::warn!(layer = self.layer, entry = %lossy(raw), xattr = %lossy(name), "overlay xattr in layer ignored");
                     } else {
                         xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
