@@ -5,7 +5,8 @@
 //! proportional to the size of the change, not of the image.
 //! - `A` a path that the image does not have;
 //! - `C` a path the image has, changed (content, metadata or type; a dir is
-//!   `C` when anything below it changed, as it was copied up);
+//!   `C` when anything below it changed, as it was copied up; a name made
+//!   again inside an opaque dir is `C` too);
 //! - `D` a path the image has and the container removed (a whiteout), and
 //!   every path of the image hidden by an opaque dir.
 
@@ -100,15 +101,14 @@ fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Res
             path: at.join(name),
         });
         if meta.is_dir() {
+            // Children are classified against what the image had at this
+            // path; an opaque dir additionally hides the image's children.
             let below = match found {
                 Lookup::Found(i, ref lm) if lm.is_dir() => {
                     if fsentry::dir_is_opaque(&path)? {
-                        // Opaque: what the image had below is gone, except names made again.
                         hidden_children(lowers, &listings, i, name, &path, &at.join(name), out)?;
-                        Vec::new()
-                    } else {
-                        child_dirs(lowers, &listings, i, name)?
                     }
+                    child_dirs(lowers, &listings, i, name)?
                 }
                 _ => Vec::new(),
             };
@@ -116,6 +116,10 @@ fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Res
         }
     }
     for real in deleted {
+        // A whiteout of something the image does not have hides nothing.
+        if let Lookup::Absent = lookup(lowers, &listings, &real)? {
+            continue;
+        }
         out.push(Change {
             kind: ChangeKind::Deleted,
             path: at.join(&real),
@@ -209,9 +213,72 @@ mod tests {
                 "C /opt/o",
                 "D /opt/o/1",
                 "A /opt/o/2",
-                "A /opt/o/3",
+                "C /opt/o/3",
                 "C /var",
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::super::export::proptests::{layer, model, write_layer_dir};
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Every line is true of the image and container views, every added
+        /// path has a line, and every removed path has a line for it or an ancestor.
+        #[test]
+        fn diff_agrees_with_the_views(
+            lowers in proptest::collection::vec(layer(), 1..3),
+            upper in layer(),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let dirs: Vec<PathBuf> = lowers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let d = tmp.path().join(format!("l{i}"));
+                    write_layer_dir(&d, l);
+                    d
+                })
+                .collect();
+            let up = tmp.path().join("upper");
+            write_layer_dir(&up, &upper);
+            let before = model(&lowers);
+            let mut all = lowers.clone();
+            all.push(upper.clone());
+            let after = model(&all);
+            let changes = diff(&up, &dirs).unwrap();
+            let mut reported = std::collections::BTreeMap::new();
+            for c in &changes {
+                let p = c.path.to_str().unwrap().trim_start_matches('/').to_string();
+                let ok = match c.kind {
+                    ChangeKind::Added => !before.contains_key(&p) && after.contains_key(&p),
+                    ChangeKind::Deleted => before.contains_key(&p) && !after.contains_key(&p),
+                    ChangeKind::Changed => before.contains_key(&p) && after.contains_key(&p),
+                };
+                prop_assert!(ok, "{c} is wrong: before {:?} after {:?}", before.get(&p), after.get(&p));
+                reported.insert(p, c.kind);
+            }
+            for p in after.keys().filter(|p| !before.contains_key(*p)) {
+                prop_assert_eq!(reported.get(p), Some(&ChangeKind::Added), "{} added but not reported", p);
+            }
+            for p in before.keys().filter(|p| !after.contains_key(*p)) {
+                let mut q = p.as_str();
+                let covered = loop {
+                    if reported.contains_key(q) {
+                        break true;
+                    }
+                    match q.rsplit_once('/') {
+                        Some((parent, _)) => q = parent,
+                        None => break false,
+                    }
+                };
+                prop_assert!(covered, "{} removed but neither it nor an ancestor is reported", p);
+            }
+        }
     }
 }

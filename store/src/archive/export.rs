@@ -256,7 +256,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod proptests {
+pub(crate) mod proptests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
@@ -264,7 +264,7 @@ mod proptests {
 
     /// One entry of a generated layer.
     #[derive(Debug, Clone)]
-    enum E {
+    pub(crate) enum E {
         File(u8),
         Dir,
         Opaque,
@@ -285,7 +285,7 @@ mod proptests {
     }
 
     /// A layer: paths (parents first) to entries, over a small namespace.
-    fn layer() -> impl Strategy<Value = Vec<(String, E)>> {
+    pub(crate) fn layer() -> impl Strategy<Value = Vec<(String, E)>> {
         let names = ["a", "b", "c"];
         let kids = ["x", "y"];
         proptest::collection::vec(entry(true), 3)
@@ -321,7 +321,7 @@ mod proptests {
     }
 
     /// The OCI applier's semantics, bottom layer first: the reference model.
-    fn model(layers: &[Vec<(String, E)>]) -> BTreeMap<String, Option<u8>> {
+    pub(crate) fn model(layers: &[Vec<(String, E)>]) -> BTreeMap<String, Option<u8>> {
         let mut fs: BTreeMap<String, Option<u8>> = BTreeMap::new(); // None = dir
         let remove_below = |fs: &mut BTreeMap<String, Option<u8>>, p: &str| {
             let prefix = format!("{p}/");
@@ -354,7 +354,7 @@ mod proptests {
         fs
     }
 
-    fn write_layer_dir(dir: &Path, l: &[(String, E)]) {
+    pub(crate) fn write_layer_dir(dir: &Path, l: &[(String, E)]) {
         std::fs::create_dir_all(dir).unwrap();
         for (p, e) in l {
             let path = dir.join(p);
