@@ -452,3 +452,80 @@ mod random {
         }
     }
 }
+
+/// Through the store: a hostile layer fails with an error naming the layer
+/// and the entry, leaves no layer directory behind, and the store goes on
+/// unpacking good layers (on top of a good parent, too).
+#[test]
+fn hostile_layers_through_the_store_leave_no_trace() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let store = lamina_store::Store::open(&sb.dest)?;
+    let base = store.unpack_layer(
+        None,
+        None,
+        &tar_of([Entry::dir("etc"), Entry::file("etc/f", "base")])[..],
+        "base",
+    )?;
+    let listing = || -> Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(sb.dest.join("layers"))?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        v.sort();
+        Ok(v)
+    };
+    let before = listing()?;
+    let etc = sb.sentinel.join("etc").display().to_string();
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("../escape", tar_of([Entry::file("../../../escape", "x")])),
+        (
+            "h",
+            tar_of([Entry::symlink("s", &etc), Entry::hardlink("h", "s/passwd")]),
+        ),
+        (
+            "s/passwd",
+            tar_of([
+                Entry::symlink("s", "../../../../sentinel/etc"),
+                Entry::file("s/passwd", "x"),
+            ]),
+        ),
+        (
+            "d/.wh..",
+            tar_of([Entry::dir("d"), Entry::file("d/.wh..", "")]),
+        ),
+    ];
+    for (entry, tar) in &hostile {
+        let err = store
+            .unpack_layer(Some(&base.chain_id), None, &tar[..], "hostile-layer")
+            .expect_err("hostile layer accepted");
+        let msg = format!("{err:#}");
+        ensure!(
+            msg.contains("hostile-layer") && msg.contains(entry),
+            "error names neither layer nor {entry}: {msg}"
+        );
+        ensure!(listing()? == before, "a failed layer left {:?}", listing()?);
+    }
+    // Truncated gzip through the store.
+    let gz = filter(
+        &["gzip", "-c"],
+        &tar_of((0..20).map(|i| Entry::file(format!("f{i}"), vec![7u8; 50_000]))),
+    )?;
+    ensure!(
+        store
+            .unpack_layer(None, None, &gz[..gz.len() / 2], "hostile-layer")
+            .is_err()
+    );
+    ensure!(
+        listing()? == before,
+        "a truncated layer left {:?}",
+        listing()?
+    );
+    // Still usable.
+    let good = store.unpack_layer(
+        Some(&base.chain_id),
+        None,
+        &tar_of([Entry::hardlink("etc/g", "etc/f")])[..],
+        "good",
+    )?;
+    ensure!(std::fs::read(store.layer_dir(&good.chain_id).join("etc/g"))? == b"base");
+    sb.assert_outside_untouched()
+}
