@@ -155,6 +155,8 @@ pub struct OverlayFs {
     tmp_seq: AtomicU64,
     fd_queue: Mutex<std::collections::VecDeque<u64>>,
     fd_budget: usize,
+    euid: u32,
+    egid: u32,
     pub(crate) passthrough: AtomicBool,
     pub(crate) config: OverlayConfig,
 }
@@ -249,6 +251,8 @@ impl OverlayFs {
             tmp_seq: AtomicU64::new(0),
             fd_queue: Mutex::new(Default::default()),
             fd_budget: fd_budget(),
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
             passthrough: AtomicBool::new(config.passthrough),
             config,
         };
@@ -897,14 +901,14 @@ impl OverlayFs {
 
     /// Owner of a new file: the caller, with the group inherited from a
     /// set-group-ID parent.
-    fn owner(&self, parent: &Node, caller: Caller) -> OpResult<(u32, u32)> {
+    fn owner(&self, parent: &Node, caller: Caller) -> OpResult<(u32, u32, bool)> {
         let pst = self.stat(parent)?;
-        let gid = if pst.st_mode & 0o2000 != 0 {
-            pst.st_gid
-        } else {
-            caller.gid
-        };
-        Ok((caller.uid, gid))
+        let setgid = pst.st_mode & 0o2000 != 0;
+        let gid = if setgid { pst.st_gid } else { caller.gid };
+        // What the backing fs gave the new file, created by this process.
+        let own_gid = if setgid { pst.st_gid } else { self.egid };
+        let needs_chown = caller.uid != self.euid || gid != own_gid;
+        Ok((caller.uid, gid, needs_chown))
     }
 
     /// Finishes a creation: owner, index entry, node.
@@ -918,21 +922,23 @@ impl OverlayFs {
         caller: Caller,
         mode: Option<u32>,
     ) -> OpResult<(Arc<Node>, Stat)> {
-        let (uid, gid) = self.owner(parent, caller)?;
+        let (uid, gid, needs_chown) = self.owner(parent, caller)?;
         let fd = rfs::openat(
             dirfd,
             name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        rfs::chownat(
-            &fd,
-            "",
-            Some(rfs::Uid::from_raw(uid)),
-            Some(rfs::Gid::from_raw(gid)),
-            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
-        )?;
-        if let Some(mode) = mode {
+        if needs_chown {
+            rfs::chownat(
+                &fd,
+                "",
+                Some(rfs::Uid::from_raw(uid)),
+                Some(rfs::Gid::from_raw(gid)),
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        if let (Some(mode), true) = (mode, needs_chown) {
             if mode & 0o6000 != 0 && kind != FileType::Symlink {
                 rfs::chmodat(
                     rfs::CWD,
@@ -1436,6 +1442,11 @@ impl OverlayFs {
     /// A file to register as passthrough backing for `node` (read-write when
     /// in the upper layer, so every later open of the inode can share it).
     pub(crate) fn backing_file(&self, node: &Node, opened: &Opened) -> OpResult<File> {
+        let fl = rfs::fcntl_getfl(&opened.file)?;
+        if fl.contains(OFlags::RDWR) && !fl.contains(OFlags::APPEND) {
+            // Already what a shared backing needs (e.g. a new file's create fd).
+            return opened.file.try_clone().map_err(io_errno);
+        }
         if opened.layer == 0 && self.has_upper {
             if let Ok(f) = self.reopen(node, libc::O_RDWR) {
                 return Ok(f);
