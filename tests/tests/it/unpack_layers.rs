@@ -301,3 +301,77 @@ fn hardlink_to_a_lower_layer_on_another_fs_is_copied() -> Result<()> {
     );
     Ok(())
 }
+
+/// A file 1000 directories deep (200 KB of path) with no directory entries:
+/// the directories are made implicitly, through fds (the path is 50 times
+/// PATH_MAX), and the file is there.
+#[test]
+fn very_deep_implicit_directories() -> Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let tmp = tempfile::tempdir()?;
+    let comps: Vec<String> = (0..1000)
+        .map(|i| format!("{i:04}{}", "d".repeat(196)))
+        .collect();
+    let name = format!("{}/leaf", comps.join("/"));
+    unpack(
+        &tar_of([Entry::file(&name, "deep")])[..],
+        tmp.path(),
+        &[],
+        "deep",
+    )?;
+    let mut fd = rustix::fs::open(
+        tmp.path(),
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )?;
+    for c in &comps {
+        fd = rustix::fs::openat(
+            &fd,
+            c.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )?;
+    }
+    let leaf = rustix::fs::openat(
+        &fd,
+        "leaf",
+        OFlags::RDONLY | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?;
+    let mut s = String::new();
+    std::fs::File::from(leaf).read_to_string(&mut s)?;
+    ensure!(s == "deep");
+    // Remove it with fds too (tempdir's recursive delete uses long paths).
+    fn rm(dir: std::os::fd::BorrowedFd<'_>, name: &str) -> std::io::Result<()> {
+        let sub = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )?;
+        let mut names = Vec::new();
+        for e in rustix::fs::Dir::read_from(&sub)? {
+            let n = e?.file_name().to_string_lossy().into_owned();
+            if n != "." && n != ".." {
+                names.push(n);
+            }
+        }
+        for n in names {
+            if rustix::fs::unlinkat(&sub, n.as_str(), rustix::fs::AtFlags::empty()).is_err() {
+                rm(std::os::fd::AsFd::as_fd(&sub), &n)?;
+            }
+        }
+        Ok(rustix::fs::unlinkat(
+            dir,
+            name,
+            rustix::fs::AtFlags::REMOVEDIR,
+        )?)
+    }
+    let root = rustix::fs::open(
+        tmp.path(),
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )?;
+    rm(std::os::fd::AsFd::as_fd(&root), &comps[0])?;
+    Ok(())
+}

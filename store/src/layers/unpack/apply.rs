@@ -415,9 +415,10 @@ impl<'a> Applier<'a> {
         let was_whiteout = st.as_ref().is_some_and(lfs::is_whiteout);
         lfs::remove_all(dir, name).map_err(self.failed(raw, "remove replaced entry"))?;
         self.tree.invalidate();
-        if st.as_ref().is_some_and(lfs::is_dir) {
-            self.dirs.retain(|p, _| !path::is_within(p, rel));
-        }
+        // Records of directories below it go stale; `finish` skips those
+        // that no longer lead to a directory (an O(1) removal here keeps
+        // hostile replace-loops linear).
+        self.dirs.remove(rel);
         Ok(was_whiteout)
     }
 
@@ -870,7 +871,19 @@ impl<'a> Applier<'a> {
                     )?)
                 })
             };
-            let fd = fd.map_err(self.failed(&rel, "reopen directory"))?;
+            let fd = match fd {
+                Ok(fd) => fd,
+                // Replaced by a later entry (a file, a symlink, gone with
+                // its parent): nothing to fix up.
+                Err(e)
+                    if [Errno::NOENT, Errno::NOTDIR, Errno::LOOP]
+                        .iter()
+                        .any(|&n| errno_is(&e, n)) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(self.failed(&rel, "reopen directory")(e)),
+            };
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode))
                 .map_err(|e| self.failed(&rel, "chmod")(e.into()))?;
             rustix::fs::futimens(&fd, &meta.times)

@@ -19,7 +19,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
-use super::path::{OPAQUE_MARKER, split_parent};
+use super::path::OPAQUE_MARKER;
 
 /// The xattr that makes a directory opaque for overlayfs.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -128,51 +128,87 @@ impl Tree {
 
     /// Opens directory `rel`, creating missing components (mode 0755) and
     /// noting their paths in `created`. A component that exists but is not
-    /// a directory (or is a dangling symlink) is an error, never replaced.
+    /// a directory (or is a symlink leading nowhere in the layer) is an
+    /// error, never replaced; except a whiteout of this layer (`.wh.d` then
+    /// `d/x` without `d/`): the directory was deleted and made again, so it
+    /// becomes an opaque directory.
+    ///
+    /// The deepest existing ancestor is found by bisection and the rest is
+    /// made component by component from its fd, so a deep missing path costs
+    /// O(depth log depth) lookups, not O(depth²).
     pub fn open_dir_create(&self, rel: &[u8], created: &mut Vec<Vec<u8>>) -> io::Result<OwnedFd> {
+        let missing = |e: &io::Error| {
+            [Errno::NOENT, Errno::NOTDIR]
+                .iter()
+                .any(|n| e.raw_os_error() == Some(n.raw_os_error()))
+        };
         match self.open_dir(rel) {
-            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) && !rel.is_empty() => {
-                let (parent, name) = split_parent(rel);
-                let pfd = self.open_dir_create(parent, created)?;
-                match rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o755)) {
-                    Ok(()) => created.push(rel.to_vec()),
-                    Err(Errno::EXIST) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                match rustix::fs::openat(&pfd, name, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty()) {
-                    Ok(fd) => Ok(fd),
-                    // `name` exists but the lookup said ENOENT: a symlink
-                    // leading nowhere inside the layer. Not followed.
-                    Err(Errno::NOTDIR | Errno::LOOP) => Err(io::Error::other(
-                        "a path component is a symlink that does not lead to a directory inside the layer",
-                    )),
-                    Err(e) => Err(e.into()),
-                }
+            Err(e) if missing(&e) && !rel.is_empty() => {}
+            other => return other,
+        }
+        // Ends of the components: prefix(k) = rel[..ends[k-1]].
+        let ends: Vec<usize> = rel
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'/')
+            .map(|(i, _)| i)
+            .chain([rel.len()])
+            .collect();
+        let prefix = |k: usize| {
+            if k == 0 {
+                &rel[..0]
+            } else {
+                &rel[..ends[k - 1]]
             }
-            // A whiteout of this layer where a directory is needed (`.wh.d`
-            // then `d/x` without `d/`): the directory is deleted and made
-            // again, so it becomes an opaque directory.
-            Err(e) if e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) && !rel.is_empty() => {
-                let (parent, name) = split_parent(rel);
-                let pfd = self.open_dir_create(parent, created)?;
-                match lstat(pfd.as_fd(), name)? {
+        };
+        // Invariant: prefix(lo) opens (lo_fd), prefix(hi + 1) does not.
+        let (mut lo, mut hi) = (0, ends.len() - 1);
+        let mut lo_fd = self.root.try_clone()?;
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            match self.open_dir(prefix(mid)) {
+                Ok(fd) => {
+                    lo = mid;
+                    lo_fd = fd;
+                }
+                Err(e) if missing(&e) => hi = mid - 1,
+                Err(e) => return Err(e),
+            }
+        }
+        let mut fd = lo_fd;
+        for k in lo + 1..=ends.len() {
+            let name = &prefix(k)[if k == 1 { 0 } else { ends[k - 2] + 1 }..];
+            match rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) => created.push(prefix(k).to_vec()),
+                Err(Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            fd = match rustix::fs::openat(&fd, name, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty()) {
+                Ok(next) => next,
+                Err(Errno::NOTDIR | Errno::LOOP) => match lstat(fd.as_fd(), name)? {
                     Some(st) if is_whiteout(&st) => {
-                        rustix::fs::unlinkat(&pfd, name, AtFlags::empty())?;
-                        rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o755))?;
-                        let fd = rustix::fs::openat(
-                            &pfd,
+                        rustix::fs::unlinkat(&fd, name, AtFlags::empty())?;
+                        rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o755))?;
+                        let next = rustix::fs::openat(
+                            &fd,
                             name,
                             DIR_FLAGS | OFlags::NOFOLLOW,
                             Mode::empty(),
                         )?;
-                        set_opaque(fd.as_fd())?;
-                        Ok(fd)
+                        set_opaque(next.as_fd())?;
+                        next
                     }
-                    _ => Err(e),
-                }
-            }
-            other => other,
+                    Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                        return Err(io::Error::other(
+                            "a path component is a symlink that does not lead to a directory inside the layer",
+                        ));
+                    }
+                    _ => return Err(Errno::NOTDIR.into()),
+                },
+                Err(e) => return Err(e.into()),
+            };
         }
+        Ok(fd)
     }
 
     /// Takes the fd of parent directory `rel` out of the cache (or opens it,
