@@ -4,8 +4,10 @@
 #   ctr images pull --plain-http (containerd with a temp config/root, started per run)
 #   skopeo copy docker:// oci: + umoci unpack
 # on the images built by /work/shared/bench/bench-images.sh (bench/debian: 1 layer,
-# bench/python: 2 layers). Prints the median of $RUNS runs per tool and the ratios
-# containerd/lamina and skopeo+umoci/lamina (higher = lamina faster).
+# bench/python: 2 layers). Prints the median wall time of $RUNS runs
+# per tool, the ratios containerd/lamina and skopeo+umoci/lamina (higher = lamina
+# faster), and the median CPU seconds (user+sys; for containerd: ctr plus the
+# daemon's CPU during the pull), which depend less on other load than wall times.
 # Every run writes to a freshly made ext4 (loop device; FS=tmpfs for tmpfs): on a
 # reused ext4, inodes freed by the previous run's cleanup slow down inode
 # allocation of whichever tool runs next. mkfs/mount and cleanup are not timed.
@@ -36,13 +38,18 @@ fresh_fs() {
 drop_fs() { umount -R "$MNT" 2>/dev/null || umount -l "$MNT"; rm -f "$W/fs.img"; }
 
 now() { date +%s.%N; }
+TCK=$(getconf CLK_TCK)
+# CPU seconds (user+sys) of a running process, from /proc.
+proc_cpu() { awk -v t="$TCK" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+# Runs a command, appending its user+sys CPU seconds (children included) to $W/cpu.
+timed() { /usr/bin/time -f '%U %S' -o "$W/time.out" "$@" && awk '{print $1 + $2}' "$W/time.out" >> "$W/cpu"; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 run_lamina() { # image
   fresh_fs
   local s e; s=$(now)
-  "$LAMINA" --root "$MNT/lamina" pull "$REG/$1" >/dev/null
-  e=$(now); drop_fs; echo "$e - $s" | bc
+  : > "$W/cpu"; timed "$LAMINA" --root "$MNT/lamina" pull "$REG/$1" >/dev/null
+  e=$(now); drop_fs; echo "$(echo "$e - $s" | bc) $(paste -sd+ "$W/cpu" | bc)"
 }
 
 start_containerd() {
@@ -70,27 +77,30 @@ stop_containerd() { kill "$CTD_PID"; wait "$CTD_PID" 2>/dev/null || true; CTD_PI
 
 run_ctr() { # image
   fresh_fs; start_containerd
-  local s e; s=$(now)
-  ctr --address "$MNT/ctd/sock" images pull --plain-http "$REG/$1" >/dev/null
-  e=$(now); stop_containerd; drop_fs; echo "$e - $s" | bc
+  local s e c0 c1; c0=$(proc_cpu "$CTD_PID"); s=$(now)
+  : > "$W/cpu"; timed ctr --address "$MNT/ctd/sock" images pull --plain-http "$REG/$1" >/dev/null
+  e=$(now); c1=$(proc_cpu "$CTD_PID"); echo "$c1 - $c0" | bc >> "$W/cpu"
+  stop_containerd; drop_fs; echo "$(echo "$e - $s" | bc) $(paste -sd+ "$W/cpu" | bc)"
 }
 
 run_skopeo_umoci() { # image
   fresh_fs
   local d=$MNT/su; mkdir -p "$d"
   local s e; s=$(now)
-  skopeo copy -q --src-tls-verify=false "docker://$REG/$1" "oci:$d/oci:latest"
-  umoci unpack --image "$d/oci:latest" "$d/bundle" >/dev/null
-  e=$(now); drop_fs; echo "$e - $s" | bc
+  : > "$W/cpu"; timed skopeo copy -q --src-tls-verify=false "docker://$REG/$1" "oci:$d/oci:latest"
+  timed umoci unpack --image "$d/oci:latest" "$d/bundle" >/dev/null
+  e=$(now); drop_fs; echo "$(echo "$e - $s" | bc) $(paste -sd+ "$W/cpu" | bc)"
 }
 
-printf '%-14s %10s %10s %14s %12s %14s\n' image lamina containerd skopeo+umoci ctr/lamina skopeo/lamina
+printf '%-14s %10s %10s %14s %12s %14s   %s\n' image lamina containerd skopeo+umoci ctr/lamina skopeo/lamina "cpu-s lamina/containerd/skopeo+umoci"
 for img in "${IMAGES[@]}"; do
   for tool in lamina ctr skopeo_umoci; do : > "$W/$tool.times"; done
   # Interleaved, so that a change in machine load hits every tool alike.
   for _ in $(seq 1 "$RUNS"); do
     for tool in lamina ctr skopeo_umoci; do "run_$tool" "$img:latest" >> "$W/$tool.times"; done
   done
-  l=$(median < "$W/lamina.times"); c=$(median < "$W/ctr.times"); s=$(median < "$W/skopeo_umoci.times")
-  printf '%-14s %9.2fs %9.2fs %13.2fs %11.2fx %13.2fx\n' "$img" "$l" "$c" "$s" "$(echo "$c / $l" | bc -l)" "$(echo "$s / $l" | bc -l)"
+  col() { awk -v c="$1" '{print $c}' "$W/$2.times" | median; }
+  l=$(col 1 lamina); c=$(col 1 ctr); s=$(col 1 skopeo_umoci)
+  printf '%-14s %9.2fs %9.2fs %13.2fs %11.2fx %13.2fx   %.2f/%.2f/%.2f\n' "$img" "$l" "$c" "$s" \
+    "$(echo "$c / $l" | bc -l)" "$(echo "$s / $l" | bc -l)" "$(col 2 lamina)" "$(col 2 ctr)" "$(col 2 skopeo_umoci)"
 done
