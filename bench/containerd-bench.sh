@@ -73,39 +73,46 @@ cleanup_round() {
   [ -n "$CTD_PID" ] && { kill "$CTD_PID" 2>/dev/null; wait "$CTD_PID" 2>/dev/null || true; }
   [ -n "$SERVE_PID" ] && { kill "$SERVE_PID" 2>/dev/null; wait "$SERVE_PID" 2>/dev/null || true; }
   CTD_PID=; SERVE_PID=
-  grep -E " $W/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  { grep -E " $W/" /proc/mounts || true; } | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$W/ctd" "$W/lamina" "$W"/*.sock
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-measure() { # label snapshotter driver
-  local label=$1 sn=$2 driver=$3
-  : > "$W/$label.pull"; : > "$W/$label.run1"; : > "$W/$label.run2"; : > "$W/$label.fail"
-  for r in $(seq "$ROUNDS"); do
-    start "$driver"
-    t0=$(now); ctr_ images pull --plain-http --snapshotter "$sn" "$IMAGE" >/dev/null 2>&1; t1=$(now)
-    out1=$(ctr_ run --rm --snapshotter "$sn" "$IMAGE" "b$r" python3 -c 'print("ok")' 2>&1); t2=$(now)
-    out2=$(ctr_ run --rm --snapshotter "$sn" "$IMAGE" "c$r" python3 -c 'print("ok")' 2>&1); t3=$(now)
-    echo "$t1 - $t0" | bc >> "$W/$label.pull"
-    if [ "$out1" != ok ] || [ "$out2" != ok ]; then
-      # Counted and shown, not timed: a failed start is not a fast one.
-      echo "$label round $r: a container failed: $out1 / $out2" >&2
-      echo x >> "$W/$label.fail"
-      continue
-    fi
-    echo "$t2 - $t1" | bc >> "$W/$label.run1"
-    echo "$t3 - $t2" | bc >> "$W/$label.run2"
-  done
+round() { # label snapshotter driver round
+  local label=$1 sn=$2 driver=$3 r=$4
+  start "$driver"
+  t0=$(now); ctr_ images pull --plain-http --snapshotter "$sn" "$IMAGE" >/dev/null 2>&1; t1=$(now)
+  out1=$(ctr_ run --rm --snapshotter "$sn" "$IMAGE" "b$r" python3 -c 'print("ok")' 2>&1) || true; t2=$(now)
+  out2=$(ctr_ run --rm --snapshotter "$sn" "$IMAGE" "c$r" python3 -c 'print("ok")' 2>&1) || true; t3=$(now)
   cleanup_round
+  echo "$t1 - $t0" | bc >> "$W/$label.pull"
+  if [ "$out1" != ok ] || [ "$out2" != ok ]; then
+    # Counted and shown, not timed: a failed start is not a fast one.
+    echo "$label round $r: a container failed: $out1 / $out2" >&2
+    echo x >> "$W/$label.fail"
+    return
+  fi
+  echo "$t2 - $t1" | bc >> "$W/$label.run1"
+  echo "$t3 - $t2" | bc >> "$W/$label.run2"
 }
 
-measure overlayfs overlayfs kernel
-for d in $DRIVERS; do measure "lamina-$d" lamina "$d"; done
+# Rounds interleave the snapshotters, so a busy moment on the machine does
+# not land on one of them only.
+LABELS="overlayfs $(for d in $DRIVERS; do echo "lamina-$d"; done)"
+for label in $LABELS; do : > "$W/$label.pull"; : > "$W/$label.run1"; : > "$W/$label.run2"; : > "$W/$label.fail"; done
+for r in $(seq "$ROUNDS"); do
+  round overlayfs overlayfs kernel "$r"
+  for d in $DRIVERS; do round "lamina-$d" lamina "$d" "$r"; done
+done
 
+echo
+for label in $LABELS; do
+  echo "$label rounds: pull $(tr '\n' ' ' < "$W/$label.pull")| run(cold) $(tr '\n' ' ' < "$W/$label.run1")"
+done
 printf '\n%-18s %10s %10s %10s   (seconds, median of %s; ratio = lamina / overlayfs)\n' \
   snapshotter pull "run(cold)" "run(warm)" "$ROUNDS"
-for label in overlayfs $(for d in $DRIVERS; do echo "lamina-$d"; done); do
+for label in $LABELS; do
   fails=$(cat "$W/$label.fail" 2>/dev/null | wc -l)
   p=$(median < "$W/$label.pull"); r1=$(median < "$W/$label.run1"); r2=$(median < "$W/$label.run2")
   printf '%-18s %10.3f %10.3f %10.3f' "$label" "$p" "$r1" "$r2"
@@ -114,6 +121,8 @@ for label in overlayfs $(for d in $DRIVERS; do echo "lamina-$d"; done); do
     printf '   ratios pull %.2fx  run(cold) %.2fx  run(warm) %.2fx' \
       "$(echo "$p / $P" | bc -l)" "$(echo "$r1 / $R1" | bc -l)" "$(echo "$r2 / $R2" | bc -l)"
   fi
-  [ "$fails" -gt 0 ] && printf '   (%s of %s rounds had a failed container start)' "$fails" "$ROUNDS"
+  if [ "$fails" -gt 0 ]; then
+    printf '   (%s of %s rounds had a failed container start)' "$fails" "$ROUNDS"
+  fi
   echo
 done
