@@ -35,7 +35,9 @@ pub enum UnpackError {
         layer: String,
     },
     /// The decompressed stream is not a valid tar archive.
-    #[error("layer {layer}: not a valid tar archive ({after}): {source}")]
+    #[error(
+        "layer {layer}: not a valid tar archive ({after}): {source}; the blob is corrupt or not a layer"
+    )]
     Tar {
         /// The layer, as the caller named it.
         layer: String,
@@ -47,7 +49,9 @@ pub enum UnpackError {
     },
     /// An entry was refused because it is unsafe or meaningless (hostile or
     /// broken layer). Nothing was written for it.
-    #[error("layer {layer}: entry {entry:?} rejected: {reason}")]
+    #[error(
+        "layer {layer}: entry {entry:?} rejected: {reason}; the layer is malformed or hostile and cannot be used"
+    )]
     Rejected {
         /// The layer, as the caller named it.
         layer: String,
