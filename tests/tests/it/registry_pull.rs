@@ -52,13 +52,39 @@ pub(crate) fn err(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The store's layer dirs of `name`, merged, against umoci's rootfs of the source.
+/// The store's layer dirs of `name`, merged (upper layers win; the test
+/// images have no whiteouts), against umoci's rootfs of the source, compared
+/// with the tree helper: types, modes, owners, content, xattrs, file mtimes.
 fn assert_same_tree(root: &Path, name: &str, layout: &Path, tag: &str, scratch: &Path) {
+    use lamina_tests::tree::{Options, Snapshot, assert_same, snapshot};
     let store = lamina_store::Store::open(root).unwrap();
     let image = store.image(name).unwrap();
     let dirs = store.image_layer_dirs(&image).unwrap();
-    let want = umoci_unpack(layout, tag, scratch).unwrap();
-    assert_eq!(merged_listing(&dirs).unwrap(), tree_listing(&want).unwrap());
+    let mut merged = Snapshot {
+        nodes: Default::default(),
+        hardlinks: vec![],
+    };
+    for d in &dirs {
+        let s = snapshot(d, Options::default()).unwrap();
+        merged.nodes.extend(s.nodes);
+        merged.hardlinks.extend(s.hardlinks);
+    }
+    let want = snapshot(
+        &umoci_unpack(layout, tag, scratch).unwrap(),
+        Options::default(),
+    )
+    .unwrap();
+    assert_same(
+        &want,
+        &merged,
+        &format!("layer dirs of {name} vs umoci unpack"),
+    )
+    .unwrap();
+    // The simpler listing agrees too.
+    assert_eq!(
+        merged_listing(&dirs).unwrap(),
+        tree_listing(&scratch.join("rootfs")).unwrap()
+    );
 }
 
 fn image(dir: &Path) -> std::path::PathBuf {
@@ -258,12 +284,17 @@ fn push_reads_back_with_skopeo_and_umoci() {
     let out = ok(&lamina(&root, dir.path(), &["push", &name, &far]));
     assert!(!out.contains("uploaded"), "{out}");
 
-    let want = tree_listing(&umoci_unpack(&layout, "v1", &dir.path().join("w")).unwrap()).unwrap();
+    use lamina_tests::tree::{Options, assert_same, snapshot};
+    let want = snapshot(
+        &umoci_unpack(&layout, "v1", &dir.path().join("w")).unwrap(),
+        Options::default(),
+    )
+    .unwrap();
     for (r, repo, tag) in [(&reg, "dst/app:v2", "v2"), (&other, "far/app:v3", "v3")] {
         let back = dir.path().join(format!("back-{tag}"));
         r.get_oci(repo, &back, tag).unwrap();
         let got = umoci_unpack(&back, tag, &dir.path().join(format!("b-{tag}"))).unwrap();
-        assert_eq!(tree_listing(&got).unwrap(), want, "{repo}");
+        assert_same(&want, &snapshot(&got, Options::default()).unwrap(), repo).unwrap();
     }
 }
 
