@@ -12,6 +12,7 @@
 use super::layer_writer::{
     Compression, LayerDigests, LayerOptions, READER_STOPPED, stream, write_layer_tee,
 };
+use crate::error::IoContext;
 use crate::images::{MAX_METADATA_BLOB, media_types};
 use crate::{Digest, Error, ImageRecord, Result, Store};
 use serde_json::{Value, json};
@@ -76,10 +77,7 @@ pub fn commit(
             scope.spawn(|| store.unpack_layer(base.top_chain_id(), None, tee_reader, &unpack_name));
         let written =
             write_layer_tee(&upper, &mut ingest, Some(&mut tee), &lopts).and_then(|(d, _)| {
-                tee.finish().map_err(|source| Error::Io {
-                    path: upper.clone(),
-                    source,
-                })?;
+                tee.finish().at(&upper)?;
                 Ok(d)
             });
         let unpacked = unpacker.join().unwrap_or_else(|_| {

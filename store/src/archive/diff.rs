@@ -12,7 +12,7 @@
 
 use super::export::{Listing, Lookup, child_dirs, lookup};
 use super::fsentry::{self, WH_OPAQUE, WH_PREFIX};
-use crate::error::{Error, Result};
+use crate::error::{IoContext, Result};
 use std::ffi::OsStr;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
@@ -76,10 +76,7 @@ fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Res
             continue;
         }
         let path = dir.join(name);
-        let meta = path.symlink_metadata().map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let meta = path.symlink_metadata().at(&path)?;
         let target = if let Some(real) = nb.strip_prefix(WH_PREFIX) {
             Some(OsStr::from_bytes(real))
         } else if fsentry::is_whiteout(&path, &meta) {

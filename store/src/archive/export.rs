@@ -10,7 +10,7 @@
 
 use super::fsentry::{self, EntryWriter, WH_PREFIX};
 use super::tar::TarWriter;
-use crate::error::{Error, Result};
+use crate::error::{IoContext, Result};
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
@@ -39,14 +39,8 @@ pub(crate) enum Listing {
 impl Listing {
     pub(crate) fn read(dir: &Path) -> Result<Listing> {
         let mut names = HashSet::new();
-        for e in std::fs::read_dir(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })? {
-            let e = e.map_err(|source| Error::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        for e in std::fs::read_dir(dir).at(dir)? {
+            let e = e.at(dir)?;
             names.insert(e.file_name());
         }
         Ok(Listing::Names(names))
@@ -92,10 +86,7 @@ pub(crate) fn lookup(dirs: &[PathBuf], listings: &[Listing], name: &OsStr) -> Re
             continue;
         }
         let path = dir.join(name);
-        let meta = path.symlink_metadata().map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let meta = path.symlink_metadata().at(&path)?;
         if fsentry::is_whiteout(&path, &meta) {
             return Ok(Lookup::Absent);
         }
@@ -122,10 +113,7 @@ pub(crate) fn child_dirs(
             continue;
         }
         let path = dir.join(name);
-        let meta = path.symlink_metadata().map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let meta = path.symlink_metadata().at(&path)?;
         if !meta.is_dir() {
             break;
         }
@@ -150,14 +138,11 @@ pub fn export_layers<W: Write>(layers: &[PathBuf], out: W) -> Result<W> {
     let mut tw = TarWriter::new(BufWriter::with_capacity(1 << 20, out));
     let mut ew = EntryWriter::new(true);
     merge(&top_first, &[], &mut tw, &mut ew, &out_name)?;
-    let buffered = tw.finish().map_err(|source| Error::Io {
-        path: out_name.clone(),
-        source,
-    })?;
-    buffered.into_inner().map_err(|e| Error::Io {
-        path: out_name,
-        source: e.into_error(),
-    })
+    let buffered = tw.finish().at(&out_name)?;
+    buffered
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .at(out_name)
 }
 
 fn merge<W: Write>(

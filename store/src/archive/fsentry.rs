@@ -6,7 +6,7 @@
 //! into an archive.
 
 use super::tar::{Header, Kind, TarWriter};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
@@ -35,20 +35,6 @@ pub fn is_private_xattr(name: &[u8]) -> bool {
         || name.starts_with(b"user.fuseoverlayfs.")
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn rustix_at(path: &Path) -> impl FnOnce(rustix::io::Errno) -> Error + '_ {
-    move |e| Error::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    }
-}
-
 /// All xattrs of `path` (not following symlinks), sorted by name, overlay-private ones included.
 pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut names = vec![0u8; 1024];
@@ -56,11 +42,11 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         match rustix::fs::llistxattr(path, &mut names[..]) {
             Ok(n) => break n,
             Err(rustix::io::Errno::RANGE) => {
-                let need = rustix::fs::llistxattr_query(path).map_err(rustix_at(path))?;
+                let need = rustix::fs::llistxattr_query(path).at(path)?;
                 names.resize(need.max(names.len() * 2), 0);
             }
             Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(rustix_at(path)(e)),
+            Err(e) => return Err(Error::io(path, e.into())),
         }
     };
     let mut out = Vec::new();
@@ -71,12 +57,12 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             match rustix::fs::lgetxattr(path, cname, &mut value[..]) {
                 Ok(n) => break Some(n),
                 Err(rustix::io::Errno::RANGE) => {
-                    let need = rustix::fs::lgetxattr_query(path, cname).map_err(rustix_at(path))?;
+                    let need = rustix::fs::lgetxattr_query(path, cname).at(path)?;
                     value.resize(need.max(value.len() * 2), 0);
                 }
                 // Removed between list and get.
                 Err(rustix::io::Errno::NODATA) => break None,
-                Err(e) => return Err(rustix_at(path)(e)),
+                Err(e) => return Err(Error::io(path, e.into())),
             }
         };
         if let Some(n) = n {
@@ -117,7 +103,7 @@ pub fn dir_is_opaque(path: &Path) -> Result<bool> {
             Err(
                 rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP | rustix::io::Errno::RANGE,
             ) => {}
-            Err(e) => return Err(rustix_at(path)(e)),
+            Err(e) => return Err(Error::io(path, e.into())),
         }
     }
     Ok(path
@@ -146,8 +132,8 @@ pub fn is_whiteout(path: &Path, meta: &Metadata) -> bool {
 /// Reads a directory's entry names, sorted bytewise (the archive order).
 pub fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
     let mut names = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io_at(dir))? {
-        names.push(e.map_err(io_at(dir))?.file_name());
+    for e in std::fs::read_dir(dir).at(dir)? {
+        names.push(e.at(dir)?.file_name());
     }
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     Ok(names)
@@ -214,7 +200,6 @@ impl EntryWriter {
         out_path: &Path,
     ) -> Result<()> {
         let ft = meta.file_type();
-        let out_err = io_at(out_path);
         if ft.is_file() {
             self.files_done.fetch_add(1, Ordering::Relaxed);
         }
@@ -222,14 +207,14 @@ impl EntryWriter {
             let key = (meta.dev(), meta.ino());
             if let Some(first) = self.links.get(&key) {
                 let h = base_header(name, Kind::Hardlink(first.clone()), meta);
-                return tw.append(&h).map_err(out_err);
+                return tw.append(&h).at(out_path);
             }
             self.links.insert(key, name.clone());
         }
         let kind = if ft.is_dir() {
             Kind::Dir
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(path).map_err(io_at(path))?;
+            let target = std::fs::read_link(path).at(path)?;
             Kind::Symlink(target.as_os_str().as_bytes().to_vec())
         } else if ft.is_char_device() {
             Kind::Char(
@@ -251,7 +236,7 @@ impl EntryWriter {
         };
         let mut h = base_header(name, kind, meta);
         h.xattrs = xattrs;
-        tw.append(&h).map_err(out_err)
+        tw.append(&h).at(out_path)
     }
 
     fn append_file<W: Write>(
@@ -268,10 +253,10 @@ impl EntryWriter {
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
-            .map_err(io_at(path))?;
+            .at(path)?;
         // A file with fewer allocated blocks than its size has holes.
         let segments = if self.sparse && size > 0 && (meta.blocks() * 512) < size {
-            data_segments(&mut f, size).map_err(io_at(path))?
+            data_segments(&mut f, size).at(path)?
         } else {
             None
         };
@@ -284,14 +269,14 @@ impl EntryWriter {
         };
         let mut h = base_header(name, kind, meta);
         h.xattrs = xattrs;
-        tw.append(&h).map_err(io_at(out_path))?;
+        tw.append(&h).at(out_path)?;
         let segs = segments.unwrap_or_else(|| vec![(0, size)]);
         for (off, len) in segs {
             let mut pos = off;
             let end = off + len;
             while pos < end {
                 let want = ((end - pos) as usize).min(self.buf.len());
-                let n = f.read_at(&mut self.buf[..want], pos).map_err(io_at(path))?;
+                let n = f.read_at(&mut self.buf[..want], pos).at(path)?;
                 if n == 0 {
                     return Err(Error::Io {
                         path: path.to_path_buf(),
@@ -301,7 +286,7 @@ impl EntryWriter {
                         ),
                     });
                 }
-                tw.write_data(&self.buf[..n]).map_err(io_at(out_path))?;
+                tw.write_data(&self.buf[..n]).at(out_path)?;
                 pos += n as u64;
             }
         }
@@ -389,8 +374,8 @@ pub fn prefetch(root: &Path, done: &AtomicUsize, stop: &AtomicBool, ahead: usize
 
 /// Reads a small file fully (for tests and markers).
 pub fn read_small(path: &Path, max: u64) -> Result<Vec<u8>> {
-    let f = File::open(path).map_err(io_at(path))?;
+    let f = File::open(path).at(path)?;
     let mut v = Vec::new();
-    f.take(max).read_to_end(&mut v).map_err(io_at(path))?;
+    f.take(max).read_to_end(&mut v).at(path)?;
     Ok(v)
 }

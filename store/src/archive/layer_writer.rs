@@ -16,7 +16,7 @@
 use super::fsentry::{self, EntryWriter, WH_OPAQUE, WH_PREFIX};
 use super::hash::HashWriter;
 use super::tar::{Kind, TarWriter};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use std::io::{BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -387,15 +387,12 @@ fn write_tar<W: Write>(upper: &Path, out: W, opts: &LayerOptions) -> Result<((St
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         walked
     })?;
-    let hashed = tw.finish().map_err(|source| Error::Io {
-        path: out_name.clone(),
-        source,
-    })?;
+    let hashed = tw.finish().at(&out_name)?;
     let (diff_id, n, buffered) = hashed.finish();
-    let out = buffered.into_inner().map_err(|e| Error::Io {
-        path: out_name,
-        source: e.into_error(),
-    })?;
+    let out = buffered
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .at(out_name)?;
     Ok(((diff_id, n), out))
 }
 
@@ -414,10 +411,7 @@ fn walk_upper<W: Write>(
     for name in fsentry::sorted_names(dir)? {
         let nb = name.as_bytes();
         let path = dir.join(&name);
-        let meta = path.symlink_metadata().map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let meta = path.symlink_metadata().at(&path)?;
         let arch = fsentry::join_name(rel, nb);
         if nb == WH_OPAQUE {
             // Emitted right after the dir header (below); never twice.
@@ -429,19 +423,13 @@ fn walk_upper<W: Write>(
             let mut h =
                 fsentry::base_header(fsentry::join_name(rel, &wh), Kind::File { size: 0 }, &meta);
             h.mode &= 0o777;
-            tw.append(&h).map_err(|source| Error::Io {
-                path: out_name.to_path_buf(),
-                source,
-            })?;
+            tw.append(&h).at(out_name)?;
             continue;
         }
         if nb.starts_with(WH_PREFIX) {
             // A whiteout marker file already in OCI form.
             let h = fsentry::base_header(arch, Kind::File { size: 0 }, &meta);
-            tw.append(&h).map_err(|source| Error::Io {
-                path: out_name.to_path_buf(),
-                source,
-            })?;
+            tw.append(&h).at(out_name)?;
             continue;
         }
         let all = fsentry::read_xattrs(&path)?;
@@ -474,10 +462,7 @@ fn walk_upper<W: Write>(
                     &meta,
                 );
                 h.mode &= 0o777;
-                tw.append(&h).map_err(|source| Error::Io {
-                    path: out_name.to_path_buf(),
-                    source,
-                })?;
+                tw.append(&h).at(out_name)?;
             }
             walk_upper(&path, &arch, tw, ew, out_name)?;
         }

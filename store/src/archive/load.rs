@@ -20,6 +20,7 @@
 //! tar, tar+gzip or tar+zstd as the stored file is), so they are stored like
 //! pulled images.
 
+use crate::error::IoContext;
 use crate::images::{MAX_METADATA_BLOB, media_types};
 use crate::{Digest, Error, Result, Store};
 use serde_json::{Value, json};
@@ -48,17 +49,8 @@ struct Stored {
 
 /// Reads the archive `path` into the store.
 pub fn load_file(store: &Store, path: &Path) -> Result<Vec<LoadedImage>> {
-    let f = std::fs::File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let len = f
-        .metadata()
-        .map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
+    let f = std::fs::File::open(path).at(path)?;
+    let len = f.metadata().at(path)?.len();
     load(store, BufReader::with_capacity(1 << 20, f), Some(len), path)
 }
 

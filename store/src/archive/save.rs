@@ -15,6 +15,7 @@
 //! manifests' digests hold.
 
 use super::tar::{Header, Kind, TarWriter};
+use crate::error::IoContext;
 use crate::images::MAX_METADATA_BLOB;
 use crate::reference;
 use crate::{Digest, Error, ImageRecord, Result, Store};
@@ -107,19 +108,10 @@ pub fn save<W: Write>(store: &Store, items: &[SaveItem], out: W, out_path: &Path
                 e => e,
             })?;
             let path = store.content().blob_path(d);
-            let size = f
-                .metadata()
-                .map_err(|source| Error::Io {
-                    path: path.clone(),
-                    source,
-                })?
-                .len();
+            let size = f.metadata().at(&path)?.len();
             tw.append(&Header::simple(blob_name(d), Kind::File { size }))
                 .map_err(out_err)?;
-            tw.copy_data(&mut f, size).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
+            tw.copy_data(&mut f, size).at(&path)?;
         }
         let manifest_size = store.content().info(&img.manifest_digest)?.unwrap_or(0);
         let descriptor = |annotations: Value| {
@@ -205,16 +197,8 @@ fn dir_header(name: &str) -> Header {
 /// Saves `refs` into the file `path` (written in place; removed on error).
 pub fn save_to_file(store: &Store, refs: &[String], path: &Path) -> Result<Vec<SaveItem>> {
     let items = resolve(store, refs)?;
-    let f = std::fs::File::create(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    match save(store, &items, f, path).and_then(|f| {
-        f.sync_all().map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    }) {
+    let f = std::fs::File::create(path).at(path)?;
+    match save(store, &items, f, path).and_then(|f| f.sync_all().at(path)) {
         Ok(()) => Ok(items),
         Err(e) => {
             let _ = std::fs::remove_file(path);
