@@ -321,15 +321,7 @@ fn plan_oci(
                 .unwrap_or("")
                 .trim_end_matches(".json")
                 .to_string();
-            let tags = it["RepoTags"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            tags_by_config.insert(cfg, tags);
+            tags_by_config.insert(cfg, repo_tags(&it));
         }
     }
     let mut plans: Vec<Plan> = Vec::new();
@@ -375,6 +367,18 @@ fn plan_oci(
         }
     }
     Ok(plans)
+}
+
+/// The `RepoTags` of a docker `manifest.json` item.
+fn repo_tags(item: &Value) -> Vec<String> {
+    item["RepoTags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn desc_digest(archive: &Path, desc: &Value, file: &str) -> Result<Digest> {
@@ -452,12 +456,15 @@ fn plan_docker(
             .as_str()
             .ok_or_else(|| bad(archive, format!("{what} has no Config")))?;
         let cfg_path = clean_path(archive, cfg_path.as_bytes())?;
-        let cfg = lookup(&cfg_path).ok_or_else(|| {
-            bad(
-                archive,
-                format!("config {cfg_path:?} named by {what} is missing from the archive"),
-            )
-        })?;
+        let named = |kind: &str, path: &str| {
+            lookup(path).ok_or_else(|| {
+                bad(
+                    archive,
+                    format!("{kind} {path:?} named by {what} is missing from the archive"),
+                )
+            })
+        };
+        let cfg = named("config", &cfg_path)?;
         let mut layers = Vec::new();
         for l in it["Layers"]
             .as_array()
@@ -467,12 +474,7 @@ fn plan_docker(
                 .as_str()
                 .ok_or_else(|| bad(archive, format!("{what} has a non-string layer")))?;
             let lp = clean_path(archive, lp.as_bytes())?;
-            let s = lookup(&lp).ok_or_else(|| {
-                bad(
-                    archive,
-                    format!("layer {lp:?} named by {what} is missing from the archive"),
-                )
-            })?;
+            let s = named("layer", &lp)?;
             layers.push(json!({"mediaType": crate::import::layer_media_type(&s.head), "digest": s.digest.as_str(), "size": s.size}));
         }
         let manifest = json!({
@@ -483,16 +485,8 @@ fn plan_docker(
         });
         let bytes = serde_json::to_vec(&manifest).map_err(|e| bad(archive, e.to_string()))?;
         let digest = store.content().put(&bytes, None)?;
-        let names = it["RepoTags"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
         plans.push(Plan {
-            names,
+            names: repo_tags(it),
             manifest: digest,
             index: None,
         });
