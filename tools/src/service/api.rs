@@ -241,7 +241,7 @@ async fn route(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Reply 
         (Method::DELETE, "/v1/mounts") => {
             let dir = PathBuf::from(query.one("dir")?);
             let dir = allowed_dir(&state.mount_roots, &dir)?;
-            let out = run_lamina(&state, &[&"umount".as_ref(), &dir.as_os_str()]).await?;
+            let out = run_lamina(&state, &["umount".as_ref(), dir.as_os_str()]).await?;
             if !out.status.success() {
                 return Err(Fail(StatusCode::BAD_REQUEST, child_error(&out)));
             }

@@ -186,6 +186,8 @@ fn info(r: Record) -> cs::Info {
 /// from blocking tasks.
 pub struct Service(pub Arc<Snapshotter>);
 
+// The trait fixes `tonic::Status` (large) as the error type.
+#[allow(clippy::result_large_err)]
 #[tonic::async_trait]
 impl cs::Snapshotter for Service {
     type Error = tonic::Status;
