@@ -81,6 +81,30 @@ pub(crate) fn open_store(ctx: &Context) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot open the store at {}", ctx.root.display()))
 }
 
+/// `--format text|json` of the commands that print one report (`gc`, `fsck`).
+#[derive(clap::Args)]
+pub struct ReportFormat {
+    /// Output format: `text` or `json`.
+    #[arg(long, default_value = "text")]
+    pub format: String,
+}
+
+impl ReportFormat {
+    /// Prints `report` as pretty JSON, or with `text` for `text` (or `table`).
+    pub(crate) fn print<T: serde::Serialize>(
+        &self,
+        report: &T,
+        text: impl FnOnce(&T),
+    ) -> anyhow::Result<()> {
+        match self.format.as_str() {
+            "json" => println!("{}", serde_json::to_string_pretty(report)?),
+            "text" | "table" => text(report),
+            other => anyhow::bail!("unknown --format {other:?}: use `text` or `json`"),
+        }
+        Ok(())
+    }
+}
+
 /// The JSON form of an image in listings.
 pub(crate) fn image_json(img: &ImageRecord) -> serde_json::Value {
     serde_json::json!({
