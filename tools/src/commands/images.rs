@@ -4,7 +4,7 @@
 use crate::context::Context;
 use anyhow::Context as _;
 use lamina_store::reference::split_repo_tag;
-use lamina_store::{ImageRecord, Store};
+use lamina_store::{ImageLayer, ImageRecord, Store};
 
 /// Arguments of `lamina images`.
 #[derive(clap::Args)]
@@ -119,6 +119,19 @@ pub(crate) fn image_json(img: &ImageRecord) -> serde_json::Value {
         "architecture": img.architecture,
         "size": img.size,
         "layers": img.layers.len(),
+    })
+}
+
+/// The JSON form of an image's layer (`inspect`, `layers`).
+pub(crate) fn layer_json(store: &Store, l: &ImageLayer) -> serde_json::Value {
+    serde_json::json!({
+        "digest": l.digest,
+        "media_type": l.media_type,
+        "size": l.size,
+        "diff_id": l.diff_id,
+        "chain_id": l.chain_id,
+        "unpacked_size": l.unpacked_size,
+        "dir": store.layer_dir(&l.chain_id),
     })
 }
 

@@ -1,6 +1,6 @@
 //! `lamina inspect`: show an image's manifest, config and layers as JSON.
 
-use crate::commands::images::open_store;
+use crate::commands::images::{layer_json, open_store};
 use crate::context::Context;
 
 /// Arguments of `lamina inspect`.
@@ -18,21 +18,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let (_, config) = store.config(&img.config_digest)?;
     let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
     let config: serde_json::Value = serde_json::from_slice(&config)?;
-    let layers: Vec<serde_json::Value> = img
-        .layers
-        .iter()
-        .map(|l| {
-            serde_json::json!({
-                "digest": l.digest,
-                "media_type": l.media_type,
-                "size": l.size,
-                "diff_id": l.diff_id,
-                "chain_id": l.chain_id,
-                "unpacked_size": l.unpacked_size,
-                "dir": store.layer_dir(&l.chain_id),
-            })
-        })
-        .collect();
+    let layers: Vec<serde_json::Value> = img.layers.iter().map(|l| layer_json(&store, l)).collect();
     let out = serde_json::json!({
         "id": img.id,
         "names": img.names,

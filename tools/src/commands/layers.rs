@@ -1,7 +1,7 @@
 //! `lamina layers`: an image's layers, bottom-most first, with blob digest,
 //! diff id, chain id and the layer directory.
 
-use crate::commands::images::{human_size, open_store, print_table};
+use crate::commands::images::{human_size, layer_json, open_store, print_table};
 use crate::context::Context;
 
 /// Arguments of `lamina layers`.
@@ -25,17 +25,10 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
                 .iter()
                 .enumerate()
                 .map(|(i, l)| {
-                    serde_json::json!({
-                        "index": i,
-                        "digest": l.digest,
-                        "media_type": l.media_type,
-                        "size": l.size,
-                        "diff_id": l.diff_id,
-                        "chain_id": l.chain_id,
-                        "unpacked_size": l.unpacked_size,
-                        "dir": store.layer_dir(&l.chain_id),
-                        "present": store.has_layer(&l.chain_id).unwrap_or(false),
-                    })
+                    let mut j = layer_json(&store, l);
+                    j["index"] = i.into();
+                    j["present"] = store.has_layer(&l.chain_id).unwrap_or(false).into();
+                    j
                 })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&out)?);
