@@ -198,19 +198,23 @@ async fn route(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Reply 
         (Method::DELETE, "/v1/containers") => {
             let id = query.one("id")?;
             blocking(move || {
-                let mounted = crate::commands::mount::records(&ctx(&state))
+                let c = state.store.container(&id)?;
+                if let Some(m) = crate::commands::mount::records(&ctx(&state))
                     .into_iter()
-                    .any(|m| {
-                        m.container.as_deref().is_some_and(|c| c.starts_with(&id))
+                    .find(|m| {
+                        m.container.as_deref() == Some(c.id.as_str())
                             && crate::commands::mount::is_mounted(&m.dir)
-                    });
-                if mounted {
+                    })
+                {
                     return Err(Fail(
                         StatusCode::CONFLICT,
-                        format!("container {id} is mounted: unmount it first"),
+                        format!(
+                            "container {id} is mounted at {}: unmount it first (DELETE /v1/mounts)",
+                            m.dir.display()
+                        ),
                     ));
                 }
-                let c = state.store.remove_container(&id)?;
+                let c = state.store.remove_container(&c.id)?;
                 Ok(json(StatusCode::OK, &c))
             })
             .await
