@@ -187,25 +187,6 @@ fn merge<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
-
-    fn names_and_data(data: &[u8]) -> Vec<(String, Vec<u8>)> {
-        let mut a = tar::Archive::new(data);
-        a.entries()
-            .unwrap()
-            .map(|e| {
-                let mut e = e.unwrap();
-                let n = String::from_utf8(e.path_bytes().to_vec()).unwrap();
-                let mut d = Vec::new();
-                if e.header().entry_type().is_symlink() {
-                    d = e.link_name_bytes().unwrap().to_vec();
-                } else {
-                    e.read_to_end(&mut d).unwrap();
-                }
-                (n, d)
-            })
-            .collect()
-    }
 
     #[test]
     fn merges_with_whiteouts_and_opaque_dirs() {
@@ -231,7 +212,10 @@ mod tests {
         std::fs::write(l2.join("c"), b"file").unwrap();
         std::os::unix::fs::symlink("a", l2.join("e")).unwrap();
         let out = export_layers(&[l1, l2], Vec::new()).unwrap();
-        let got = names_and_data(&out);
+        let got: Vec<(String, Vec<u8>)> = crate::archive::testutil::entries(&out)
+            .into_iter()
+            .map(|(name, _, data, _)| (name, data))
+            .collect();
         let names: Vec<&str> = got.iter().map(|x| x.0.as_str()).collect();
         assert_eq!(names, ["a/", "a/f", "a/keep/", "b/", "b/new", "c", "e"]);
         assert_eq!(got[1].1, b"2");

@@ -473,6 +473,7 @@ fn walk_upper<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::testutil::entries;
     use std::io::Read;
     use std::os::unix::fs::{FileExt, PermissionsExt, symlink};
 
@@ -543,35 +544,6 @@ mod tests {
         f.set_len(64 << 20).unwrap();
         f.write_at(b"middle", 32 << 20).unwrap();
         f.write_at(b"start", 0).unwrap();
-    }
-
-    /// (name, type, data or link target, PAX records) of each entry.
-    type Entry = (String, tar::EntryType, Vec<u8>, Vec<(String, Vec<u8>)>);
-
-    fn entries(data: &[u8]) -> Vec<Entry> {
-        let mut a = tar::Archive::new(data);
-        a.entries()
-            .unwrap()
-            .map(|e| {
-                let mut e = e.unwrap();
-                let name = String::from_utf8(e.path_bytes().to_vec()).unwrap();
-                let ty = e.header().entry_type();
-                let pax = match e.pax_extensions().unwrap() {
-                    Some(p) => p
-                        .map(|x| x.unwrap())
-                        .map(|x| (x.key().unwrap().to_string(), x.value_bytes().to_vec()))
-                        .collect(),
-                    None => Vec::new(),
-                };
-                let mut d = Vec::new();
-                if ty == tar::EntryType::Link || ty == tar::EntryType::Symlink {
-                    d = e.link_name_bytes().unwrap().to_vec();
-                } else {
-                    e.read_to_end(&mut d).unwrap();
-                }
-                (name, ty, d, pax)
-            })
-            .collect()
     }
 
     #[test]

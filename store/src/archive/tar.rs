@@ -422,21 +422,6 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    fn read_back(data: &[u8]) -> Vec<(String, tar::EntryType, Vec<u8>)> {
-        let mut a = tar::Archive::new(data);
-        a.entries()
-            .unwrap()
-            .map(|e| {
-                let mut e = e.unwrap();
-                let name = String::from_utf8(e.path_bytes().to_vec()).unwrap();
-                let ty = e.header().entry_type();
-                let mut d = Vec::new();
-                e.read_to_end(&mut d).unwrap();
-                (name, ty, d)
-            })
-            .collect()
-    }
-
     #[test]
     fn pax_record_length_counts_itself() {
         let mut out = Vec::new();
@@ -520,7 +505,7 @@ mod tests {
         w.write_data(b"hello").unwrap();
         w.write_data(b"xy").unwrap();
         let data = w.finish().unwrap();
-        let entries = read_back(&data);
+        let entries = crate::archive::testutil::entries(&data);
         // The tar crate does not decode PAX sparse: it shows the raw name and map.
         assert_eq!(entries[0].0, "a/GNUSparseFile.0/s");
         assert!(entries[0].2.starts_with(b"2\n4096\n5\n1048576\n2\n\0"));
