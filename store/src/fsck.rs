@@ -4,6 +4,7 @@
 //! Garbage (unreferenced blobs and dirs) is listed separately: it is not a
 //! problem, `gc` removes it.
 
+use crate::error::IoContext;
 use crate::{Digest, Result, Store};
 use std::collections::HashSet;
 
@@ -45,6 +46,14 @@ impl Store {
                 ));
             }
         }
+        // Read the layer records and stat their dirs once; `unpacked` is what
+        // `Store::layer` would say for each chain.
+        let layers = self.layers()?;
+        let unpacked: HashSet<&Digest> = layers
+            .iter()
+            .filter(|l| self.layer_dir(&l.chain_id).is_dir())
+            .map(|l| &l.chain_id)
+            .collect();
         let mut referenced = HashSet::new();
         let mut chains = HashSet::new();
         for image in self.images()? {
@@ -74,8 +83,7 @@ impl Store {
             for l in &image.layers {
                 referenced.insert(l.digest.clone());
                 chains.insert(l.chain_id.clone());
-                let has_dir = self.layer(&l.chain_id)?.is_some();
-                if !has_dir {
+                if !unpacked.contains(&l.chain_id) {
                     r.problems.push(format!(
                         "image {label}: layer {} (chain {}) is not unpacked at {}",
                         l.digest,
@@ -91,9 +99,9 @@ impl Store {
                 }
             }
         }
-        for l in self.layers()? {
+        for l in &layers {
             r.layers_checked += 1;
-            if !self.layer_dir(&l.chain_id).is_dir() {
+            if !unpacked.contains(&l.chain_id) {
                 r.problems.push(format!(
                     "layer {} is recorded but its dir {} is missing",
                     l.chain_id,
@@ -101,7 +109,7 @@ impl Store {
                 ));
             }
             if let Some(p) = &l.parent
-                && self.layer(p)?.is_none()
+                && !unpacked.contains(p)
             {
                 r.problems
                     .push(format!("layer {}: parent layer {p} is missing", l.chain_id));
@@ -125,10 +133,7 @@ impl Store {
             }
         }
         let layers_dir = self.root.join("layers");
-        for entry in std::fs::read_dir(&layers_dir)
-            .map_err(|e| crate::Error::io(&layers_dir, e))?
-            .flatten()
-        {
+        for entry in std::fs::read_dir(&layers_dir).at(&layers_dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             match Digest::from_hex(&name) {
                 Ok(c) if chains.contains(&c) => {}
