@@ -102,10 +102,11 @@ fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Res
             // path; an opaque dir additionally hides the image's children.
             let below = match found {
                 Lookup::Found(i, ref lm) if lm.is_dir() => {
+                    let below = child_dirs(lowers, &listings, i, name)?;
                     if fsentry::dir_is_opaque(&path)? {
-                        hidden_children(lowers, &listings, i, name, &path, &at.join(name), out)?;
+                        hidden_children(&below, &path, &at.join(name), out)?;
                     }
-                    child_dirs(lowers, &listings, i, name)?
+                    below
                 }
                 _ => Vec::new(),
             };
@@ -127,16 +128,13 @@ fn walk(dir: &Path, at: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Res
 
 /// Reports `D` for each entry the image had directly in a dir the container
 /// made opaque (at `upper_dir`), unless the container made that name again.
+/// `dirs` are the image's dirs that merge into that dir (top first).
 fn hidden_children(
-    lowers: &[PathBuf],
-    listings: &[Listing],
-    from: usize,
-    name: &OsStr,
+    dirs: &[PathBuf],
     upper_dir: &Path,
     at: &Path,
     out: &mut Vec<Change>,
 ) -> Result<()> {
-    let dirs = child_dirs(lowers, listings, from, name)?;
     let child_listings = dirs
         .iter()
         .map(|d| Listing::read(d))
@@ -155,7 +153,7 @@ fn hidden_children(
         if upper_dir.join(&n).symlink_metadata().is_ok() {
             continue;
         }
-        if let Lookup::Found(..) = lookup(&dirs, &child_listings, &n)? {
+        if let Lookup::Found(..) = lookup(dirs, &child_listings, &n)? {
             out.push(Change {
                 kind: ChangeKind::Deleted,
                 path: at.join(&n),
