@@ -635,7 +635,7 @@ impl Store {
             .collect()
     }
 
-    /// Writes a blob file into content (helper for tests and import).
+    /// Serialises `value` into a content blob (import, commit, load); returns its digest and size.
     pub(crate) fn put_json(&self, value: &serde_json::Value) -> Result<(Digest, u64)> {
         let bytes = serde_json::to_vec(value).map_err(|e| Error::io("<json>", e.into()))?;
         let d = self.content.put(&bytes, None)?;

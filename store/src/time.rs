@@ -26,6 +26,14 @@ pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }
 
+/// Nanoseconds since the epoch (0 before it); makes per-run ingest keys unique.
+pub(crate) fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
 /// Parses the `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` form to seconds since
 /// the epoch (fraction ignored). `None` if it does not parse.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {

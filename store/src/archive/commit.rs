@@ -62,7 +62,7 @@ pub fn commit(
     let base = store.container_image(&c)?;
     let _lease = store.lease()?;
     let upper = c.upper_dir();
-    let key = format!("commit-{}-{}", c.id, now_nanos());
+    let key = format!("commit-{}-{}", c.id, crate::time::now_nanos());
     let mut ingest = store.content().ingest(&key, None)?;
     let lopts = LayerOptions {
         compression: opts.compression,
@@ -152,8 +152,7 @@ pub fn commit(
             obj.insert("history".into(), json!([h]));
         }
     }
-    let cfg_out = serde_json::to_vec(&cfg).map_err(|e| Error::io("<config>", e.into()))?;
-    let cfg_digest = store.content().put(&cfg_out, None)?;
+    let (cfg_digest, cfg_size) = store.put_json(&cfg)?;
 
     // Manifest: the base's layers (media types in OCI spelling) plus the new one.
     let (base_manifest, _) = store.manifest(&base.manifest_digest)?;
@@ -167,19 +166,11 @@ pub fn commit(
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": media_types::OCI_MANIFEST,
-        "config": {"mediaType": media_types::OCI_CONFIG, "digest": cfg_digest.as_str(), "size": cfg_out.len()},
+        "config": {"mediaType": media_types::OCI_CONFIG, "digest": cfg_digest.as_str(), "size": cfg_size},
         "layers": layers,
     });
-    let m_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::io("<manifest>", e.into()))?;
-    let m_digest = store.content().put(&m_bytes, None)?;
+    let (m_digest, _) = store.put_json(&manifest)?;
 
     let image = store.register_image(name, &m_digest)?;
     Ok(Committed { image, layer })
-}
-
-fn now_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
 }

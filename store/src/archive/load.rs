@@ -150,7 +150,7 @@ pub fn load<R: Read>(
     let mut stored: HashMap<String, Stored> = HashMap::new();
     let mut meta: HashMap<String, Vec<u8>> = HashMap::new();
     let mut links: HashMap<String, String> = HashMap::new();
-    let token = format!("load-{}-{}", std::process::id(), now_nanos());
+    let token = format!("load-{}-{}", std::process::id(), crate::time::now_nanos());
     let read_err = |source: std::io::Error| {
         bad(
             archive,
@@ -279,13 +279,6 @@ fn read_head(store: &Store, d: &Digest) -> Result<[u8; 4]> {
     let mut head = [0u8; 4];
     let _ = f.read(&mut head);
     Ok(head)
-}
-
-fn now_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
 }
 
 /// One image to register.
@@ -483,8 +476,7 @@ fn plan_docker(
             "config": {"mediaType": media_types::OCI_CONFIG, "digest": cfg.digest.as_str(), "size": cfg.size},
             "layers": layers,
         });
-        let bytes = serde_json::to_vec(&manifest).map_err(|e| bad(archive, e.to_string()))?;
-        let digest = store.content().put(&bytes, None)?;
+        let (digest, _) = store.put_json(&manifest)?;
         plans.push(Plan {
             names: repo_tags(it),
             manifest: digest,
