@@ -106,6 +106,10 @@ fn container_mount_lifecycle() -> Result<()> {
         assert_eq!(std::fs::read_to_string(mnt.join("etc/os"))?, "changed\n");
         lamina(&root, &["umount", m])?;
     }
+    ensure!(
+        lamina_err(&root, &["umount", m])?.contains("not mounted"),
+        "umount of a plain dir fails"
+    );
     lamina(&root, &["rm", "web"])?;
     ensure!(
         lamina(&root, &["ps"])?.lines().count() == 1,

@@ -31,7 +31,14 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         }
         anyhow::bail!("{} is not mounted", dir.display());
     }
-    let server = rec.as_ref().and_then(|r| r.pid).filter(|&p| alive(p));
+    let Some(rec) = rec else {
+        anyhow::bail!(
+            "{} was not mounted by lamina with this store ({}): use umount(8) for other mounts",
+            dir.display(),
+            ctx.root.display()
+        );
+    };
+    let server = rec.pid.filter(|&p| alive(p));
     match unmount(&dir, UnmountFlags::empty()) {
         Ok(()) => {}
         Err(e) if server.is_none() => {
