@@ -1,8 +1,9 @@
 //! Consistency check: every blob hashes to its name, every image's manifest,
 //! config and layer blobs are present (layer blobs may be missing only when
 //! the layer dir is there), every recorded layer dir and container dir exists.
-//! Garbage (unreferenced blobs and dirs) is listed separately: it is not a
-//! problem, `gc` removes it.
+//! Garbage (blobs and layer dirs that gc's roots do not reach, temp dirs,
+//! partial ingests) is listed separately: it is not a problem, `gc` removes it
+//! (ingests once they are stale).
 
 use crate::error::IoContext;
 use crate::{Digest, Result, Store};
@@ -54,8 +55,6 @@ impl Store {
             .filter(|l| self.layer_dir(&l.chain_id).is_dir())
             .map(|l| &l.chain_id)
             .collect();
-        let mut referenced = HashSet::new();
-        let mut chains = HashSet::new();
         for image in self.images()? {
             r.images_checked += 1;
             let label = image
@@ -67,22 +66,18 @@ impl Store {
                 ("manifest", &image.manifest_digest),
                 ("config", &image.config_digest),
             ] {
-                referenced.insert(d.clone());
                 if !present.contains(d) {
                     r.problems
                         .push(format!("image {label}: {what} blob {d} is missing"));
                 }
             }
             for d in &image.index_digests {
-                referenced.insert(d.clone());
                 if !present.contains(d) {
                     r.problems
                         .push(format!("image {label}: index blob {d} is missing"));
                 }
             }
             for l in &image.layers {
-                referenced.insert(l.digest.clone());
-                chains.insert(l.chain_id.clone());
                 if !unpacked.contains(&l.chain_id) {
                     r.problems.push(format!(
                         "image {label}: layer {} (chain {}) is not unpacked at {}",
@@ -127,8 +122,10 @@ impl Store {
                 }
             }
         }
+        // Garbage is what gc would remove: everything its roots do not reach.
+        let reach = self.reachable()?;
         for d in &present {
-            if !referenced.contains(d) {
+            if !reach.blobs.contains(d.as_str()) {
                 r.garbage.push(format!("unreferenced blob {d}"));
             }
         }
@@ -136,7 +133,7 @@ impl Store {
         for entry in std::fs::read_dir(&layers_dir).at(&layers_dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             match Digest::from_hex(&name) {
-                Ok(c) if chains.contains(&c) => {}
+                Ok(c) if reach.chains.contains(c.as_str()) => {}
                 Ok(c) => r.garbage.push(format!("unreferenced layer dir {c}")),
                 Err(_) => r.garbage.push(format!("temp layer dir {name}")),
             }
@@ -146,5 +143,35 @@ impl Store {
                 .push(format!("partial ingest {:?} ({} bytes)", i.key, i.offset));
         }
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testutil::{store, tar};
+
+    /// fsck's garbage is exactly what gc would remove: a layer kept by a
+    /// `layer_refs` row (and its parent) is not garbage.
+    #[test]
+    fn garbage_matches_gc_roots() {
+        let (_d, s) = store();
+        let bottom = s
+            .unpack_layer(None, None, &tar(&[("a", b"1")])[..], "a")
+            .unwrap();
+        let top = s
+            .unpack_layer(Some(&bottom.chain_id), None, &tar(&[("b", b"2")])[..], "b")
+            .unwrap();
+        let stray = s
+            .unpack_layer(None, None, &tar(&[("c", b"3")])[..], "c")
+            .unwrap();
+        s.add_layer_ref("snapshots", &top.chain_id).unwrap();
+        let r = s.fsck().unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(
+            r.garbage,
+            [format!("unreferenced layer dir {}", stray.chain_id)],
+            "{r:?}"
+        );
+        assert_eq!(s.gc().unwrap().layers_removed, [stray.chain_id]);
     }
 }

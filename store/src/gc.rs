@@ -41,25 +41,19 @@ pub struct GcReport {
     pub container_dirs_removed: usize,
 }
 
+/// What the roots reach, as digest strings: gc keeps exactly these, fsck
+/// calls everything else garbage.
+pub(crate) struct Reachable {
+    /// Manifest, config, layer and index blobs of every image row.
+    pub(crate) blobs: HashSet<String>,
+    /// Chain ids of every image's layers and of `layer_refs` (with ancestors).
+    pub(crate) chains: HashSet<String>,
+}
+
 impl Store {
-    /// Runs gc with the default ingest age limit ([`STALE_INGEST`]).
-    pub fn gc(&self) -> Result<GcReport> {
-        self.gc_with(STALE_INGEST)
-    }
-
-    /// Runs gc, removing ingests idle for longer than `stale_ingest`.
-    pub fn gc_with(&self, stale_ingest: Duration) -> Result<GcReport> {
-        let path = self.lock_path("gc.lock");
-        let _gc = match FileLock::try_lock(&path, LockMode::Exclusive)? {
-            Some(lock) => lock,
-            None => {
-                tracing::warn!("gc is waiting for running pulls, imports and commits to finish");
-                FileLock::lock(&path, LockMode::Exclusive)?
-            }
-        };
-        let mut report = GcReport::default();
-
-        let (blobs, chains): (HashSet<String>, HashSet<String>) = self.db.read(|c| {
+    /// Reads the roots from the DB (see the module doc).
+    pub(crate) fn reachable(&self) -> Result<Reachable> {
+        let (blobs, chains) = self.db.read(|c| {
             let mut blobs = HashSet::new();
             let mut chains = HashSet::new();
             for sql in [
@@ -77,9 +71,9 @@ impl Store {
                 "SELECT chain_id FROM manifest_layers",
                 // External refs, with every ancestor the store knows of.
                 "WITH RECURSIVE up(c) AS (SELECT chain_id FROM layer_refs
-                     UNION SELECT l.parent FROM layers l JOIN up ON l.chain_id = up.c
-                     WHERE l.parent IS NOT NULL)
-                 SELECT c FROM up",
+                 UNION SELECT l.parent FROM layers l JOIN up ON l.chain_id = up.c
+                 WHERE l.parent IS NOT NULL)
+             SELECT c FROM up",
             ] {
                 let mut st = c.prepare(sql)?;
                 for d in st.query_map([], |r| r.get::<_, String>(0))? {
@@ -88,6 +82,27 @@ impl Store {
             }
             Ok((blobs, chains))
         })?;
+        Ok(Reachable { blobs, chains })
+    }
+
+    /// Runs gc with the default ingest age limit ([`STALE_INGEST`]).
+    pub fn gc(&self) -> Result<GcReport> {
+        self.gc_with(STALE_INGEST)
+    }
+
+    /// Runs gc, removing ingests idle for longer than `stale_ingest`.
+    pub fn gc_with(&self, stale_ingest: Duration) -> Result<GcReport> {
+        let path = self.lock_path("gc.lock");
+        let _gc = match FileLock::try_lock(&path, LockMode::Exclusive)? {
+            Some(lock) => lock,
+            None => {
+                tracing::warn!("gc is waiting for running pulls, imports and commits to finish");
+                FileLock::lock(&path, LockMode::Exclusive)?
+            }
+        };
+        let mut report = GcReport::default();
+
+        let Reachable { blobs, chains } = self.reachable()?;
 
         // Layers: rows first, then dirs.
         let dead_rows: Vec<String> = self.db.read(|c| {
