@@ -384,7 +384,8 @@ impl Ingest {
             .take()
             .expect("ingest has a writer")
             .into_inner()
-            .map_err(|e| Error::io(&data, e.into_error()))?;
+            .map_err(|e| e.into_error())
+            .at(&data)?;
         file.sync_all().at(&data)?;
         drop(file);
         let actual = Digest::from_hasher(self.hasher.clone());

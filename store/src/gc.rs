@@ -16,6 +16,7 @@
 //! renamed to a temp name before it is deleted, so `layers/<hex>` is never
 //! half deleted.
 
+use crate::error::IoContext;
 use crate::lock::{FileLock, LockMode};
 use crate::{Digest, Result, Store};
 use std::collections::HashSet;
@@ -120,8 +121,8 @@ impl Store {
         })?;
         report.temp_dirs_removed = self.remove_stale_layer_tmp()?;
         let layers_dir = self.root.join("layers");
-        for entry in std::fs::read_dir(&layers_dir).map_err(|e| crate::Error::io(&layers_dir, e))? {
-            let entry = entry.map_err(|e| crate::Error::io(&layers_dir, e))?;
+        for entry in std::fs::read_dir(&layers_dir).at(&layers_dir)? {
+            let entry = entry.at(&layers_dir)?;
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
             };
@@ -139,8 +140,7 @@ impl Store {
                     LockMode::Exclusive,
                 )?;
                 let doomed = layers_dir.join(format!("{name}.tmp-{token}"));
-                std::fs::rename(entry.path(), &doomed)
-                    .map_err(|e| crate::Error::io(entry.path(), e))?;
+                std::fs::rename(entry.path(), &doomed).at(entry.path())?;
                 crate::remove_tree(&doomed)?;
                 lock.release_and_remove();
                 report.layers_removed.push(chain);
@@ -175,8 +175,8 @@ impl Store {
         // Container dirs without a record.
         let ids: HashSet<String> = self.containers()?.into_iter().map(|c| c.id).collect();
         let cdir = self.root.join("containers");
-        for entry in std::fs::read_dir(&cdir).map_err(|e| crate::Error::io(&cdir, e))? {
-            let entry = entry.map_err(|e| crate::Error::io(&cdir, e))?;
+        for entry in std::fs::read_dir(&cdir).at(&cdir)? {
+            let entry = entry.at(&cdir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if !ids.contains(&name) {
                 crate::remove_tree(&entry.path())?;
@@ -186,10 +186,7 @@ impl Store {
 
         // Lock files of finished work (nobody holds them without a lease).
         let locks = self.root.join("locks");
-        for entry in std::fs::read_dir(&locks)
-            .map_err(|e| crate::Error::io(&locks, e))?
-            .flatten()
-        {
+        for entry in std::fs::read_dir(&locks).at(&locks)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with("layer-") || name.starts_with("blob-") {
                 let _ = std::fs::remove_file(entry.path());

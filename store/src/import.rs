@@ -5,8 +5,9 @@
 //! and described by a generated config (diff id, one history entry, creation
 //! time, host os/arch) and an OCI manifest, both stored as blobs.
 
+use crate::error::IoContext;
 use crate::images::media_types;
-use crate::{Error, ImageRecord, Result, Store};
+use crate::{ImageRecord, Result, Store};
 use std::io::{BufRead, BufReader, Read};
 
 /// The OCI platform of this host: (`linux`, `amd64`), (`linux`, `arm64`)...
@@ -44,9 +45,7 @@ impl Store {
         crate::reference::normalize(name)?;
         let _lease = self.lease()?;
         let mut reader = BufReader::with_capacity(1 << 20, reader);
-        let head = reader
-            .fill_buf()
-            .map_err(|e| Error::io("<import input>", e))?;
+        let head = reader.fill_buf().at("<import input>")?;
         let media_type = layer_media_type(head);
         let key = format!("import-{:016x}", rand::random::<u64>());
         let (blob, size) = self.content.put_reader(&key, reader, None)?;
