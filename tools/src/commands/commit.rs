@@ -1,8 +1,8 @@
 //! `lamina commit`: turn a container's changes into a new image.
 
+use crate::commands::images::open_store;
 use crate::context::Context;
 use anyhow::Context as _;
-use lamina_store::Store;
 use lamina_store::archive::Compression;
 use lamina_store::archive::commit::{CommitOptions, commit};
 
@@ -29,8 +29,7 @@ pub struct Args {
 
 /// Runs `lamina commit`; prints the new image id.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
-    let store = Store::open(&ctx.root)
-        .with_context(|| format!("opening the store at {}", ctx.root.display()))?;
+    let store = open_store(ctx)?;
     let opts = CommitOptions {
         message: args.message,
         author: args.author,

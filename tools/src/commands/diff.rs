@@ -1,8 +1,7 @@
 //! `lamina diff`: show a container's changes.
 
+use crate::commands::images::open_store;
 use crate::context::Context;
-use anyhow::Context as _;
-use lamina_store::Store;
 use std::io::Write;
 
 /// Arguments of `lamina diff`.
@@ -14,8 +13,7 @@ pub struct Args {
 
 /// Runs `lamina diff`: A/C/D lines like `docker diff`, from the upper layer alone.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
-    let store = Store::open(&ctx.root)
-        .with_context(|| format!("opening the store at {}", ctx.root.display()))?;
+    let store = open_store(ctx)?;
     let c = store.container(&args.container)?;
     let lowers = store.container_layer_dirs(&c)?;
     let changes = lamina_store::archive::diff::diff(&c.upper_dir(), &lowers)?;

@@ -1,8 +1,9 @@
 //! `lamina export`: export a flattened tree.
 
+use crate::commands::images::open_store;
 use crate::context::Context;
 use anyhow::Context as _;
-use lamina_store::{Error, Store};
+use lamina_store::Error;
 use std::io::Write;
 
 /// Arguments of `lamina export`.
@@ -18,8 +19,7 @@ pub struct Args {
 /// Runs `lamina export`: a container (its upper over its image) if one has
 /// that id or name, else an image.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
-    let store = Store::open(&ctx.root)
-        .with_context(|| format!("opening the store at {}", ctx.root.display()))?;
+    let store = open_store(ctx)?;
     let layers = match store.container(&args.target) {
         Ok(c) => {
             let mut dirs = store.container_layer_dirs(&c)?;
@@ -40,12 +40,8 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     }
     let f = std::fs::File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
-    let result = lamina_store::archive::export::export_layers(&layers, f).and_then(|f| {
-        f.sync_all().map_err(|source| Error::Io {
-            path: args.output.clone(),
-            source,
-        })
-    });
+    let result = lamina_store::archive::export::export_layers(&layers, f)
+        .and_then(|f| f.sync_all().map_err(|e| Error::io(&args.output, e)));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&args.output);
         return Err(anyhow::Error::new(e).context(format!(

@@ -1,8 +1,8 @@
 //! `lamina load`: load images from an archive.
 
+use crate::commands::images::open_store;
 use crate::context::Context;
 use anyhow::Context as _;
-use lamina_store::Store;
 
 /// Arguments of `lamina load`.
 #[derive(clap::Args)]
@@ -15,8 +15,7 @@ pub struct Args {
 
 /// Runs `lamina load`; prints what it loaded, as docker does.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
-    let store = Store::open(&ctx.root)
-        .with_context(|| format!("opening the store at {}", ctx.root.display()))?;
+    let store = open_store(ctx)?;
     let loaded = if args.input.as_os_str() == "-" {
         let stdin = std::io::stdin().lock();
         lamina_store::archive::load::load(

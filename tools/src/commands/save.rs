@@ -1,8 +1,8 @@
 //! `lamina save`: save images into one archive.
 
+use crate::commands::images::open_store;
 use crate::context::Context;
 use anyhow::Context as _;
-use lamina_store::Store;
 
 /// Arguments of `lamina save`.
 #[derive(clap::Args)]
@@ -18,8 +18,7 @@ pub struct Args {
 
 /// Runs `lamina save`.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
-    let store = Store::open(&ctx.root)
-        .with_context(|| format!("opening the store at {}", ctx.root.display()))?;
+    let store = open_store(ctx)?;
     if args.output.as_os_str() == "-" {
         use std::io::{IsTerminal, Write};
         anyhow::ensure!(
