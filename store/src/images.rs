@@ -406,7 +406,9 @@ impl Store {
                 )?;
                 st.query_map([pattern], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
             })?;
+            // Several manifests may share a config (one image id): not ambiguous.
             let mut ids: Vec<&String> = rows.iter().map(|(_, c)| c).collect();
+            ids.sort();
             ids.dedup();
             if ids.len() > 1 {
                 return Err(Error::Ambiguous(input.to_string()));
