@@ -11,6 +11,7 @@
 use super::fsentry::{self, EntryWriter, WH_PREFIX};
 use super::tar::TarWriter;
 use crate::error::{IoContext, Result};
+use crate::{Error, Store};
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
@@ -128,6 +129,22 @@ pub(crate) fn child_dirs(
 
 fn is_marker(name: &[u8]) -> bool {
     name.starts_with(WH_PREFIX)
+}
+
+/// The layer dirs, bottom first, that `export` flattens for `target`: a
+/// container's (its image's layers, then its upper) if a container has that
+/// id or name, else an image's. Fails with [`Error::ImageNotFound`] if
+/// neither has it; the CLI and the API both resolve export targets here.
+pub fn target_layer_dirs(store: &Store, target: &str) -> Result<Vec<PathBuf>> {
+    match store.container(target) {
+        Ok(c) => {
+            let mut dirs = store.container_layer_dirs(&c)?;
+            dirs.push(c.upper_dir());
+            Ok(dirs)
+        }
+        Err(Error::ContainerNotFound(_)) => store.image_layer_dirs(&store.image(target)?),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes the merged tree of `layers` (bottom-most first, as the store lists

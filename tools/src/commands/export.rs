@@ -20,20 +20,15 @@ pub struct Args {
 /// that id or name, else an image.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let store = open_store(ctx)?;
-    let layers = match store.container(&args.target) {
-        Ok(c) => {
-            let mut dirs = store.container_layer_dirs(&c)?;
-            dirs.push(c.upper_dir());
-            dirs
-        }
-        Err(Error::ContainerNotFound(_)) => {
-            let image = store.image(&args.target).with_context(|| {
-                format!("{:?} is neither a container nor an image", args.target)
-            })?;
-            store.image_layer_dirs(&image)?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let layers = lamina_store::archive::export::target_layer_dirs(&store, &args.target).map_err(
+        |e| match e {
+            Error::ImageNotFound(_) => anyhow::Error::new(e).context(format!(
+                "{:?} is neither a container nor an image",
+                args.target
+            )),
+            e => e.into(),
+        },
+    )?;
     if args.output.as_os_str() == "-" {
         lamina_store::archive::export::export_layers(&layers, std::io::stdout().lock())?.flush()?;
         return Ok(());

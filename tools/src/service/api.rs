@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use super::snapshots::Snapshots;
 use crate::commands::images::image_json;
+use crate::commands::inspect::inspect_json;
 
 /// Largest JSON request body accepted.
 const MAX_BODY: usize = 1 << 20;
@@ -139,7 +140,7 @@ async fn route(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Reply 
         }
         (Method::GET, "/v1/images/inspect") => {
             let r = query.one("ref")?;
-            blocking(move || inspect(&state.store, &r)).await
+            blocking(move || Ok(json(StatusCode::OK, &inspect_json(&state.store, &r)?))).await
         }
         (Method::DELETE, "/v1/images") => {
             let r = query.one("ref")?;
@@ -326,38 +327,15 @@ fn ctx(state: &State) -> crate::context::Context {
     crate::context::Context::new(Some(state.store.root().to_owned()))
 }
 
-fn inspect(store: &Store, reference: &str) -> Reply {
-    let img = store.image(reference)?;
-    let (_, manifest) = store.manifest(&img.manifest_digest)?;
-    let (_, config) = store.config(&img.config_digest)?;
-    let parse = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap_or_default();
-    let mut out = image_json(&img);
-    out["manifest"] = parse(&manifest);
-    out["config"] = parse(&config);
-    out["layers"] = serde_json::to_value(&img.layers).unwrap_or_default();
-    Ok(json(StatusCode::OK, &out))
-}
-
 /// The layer dirs of a container (its upper on top) or else of an image.
 fn export_layers(store: &Store, target: &str) -> Result<Vec<PathBuf>, Fail> {
-    match store.container(target) {
-        Ok(c) => {
-            let mut dirs = store.container_layer_dirs(&c)?;
-            dirs.push(c.upper_dir());
-            Ok(dirs)
-        }
-        Err(StoreError::ContainerNotFound(_)) => {
-            let image = store.image(target).map_err(|e| match e {
-                StoreError::ImageNotFound(_) => Fail(
-                    StatusCode::NOT_FOUND,
-                    format!("{target:?} is neither a container nor an image"),
-                ),
-                e => e.into(),
-            })?;
-            Ok(store.image_layer_dirs(&image)?)
-        }
-        Err(e) => Err(e.into()),
-    }
+    lamina_store::archive::export::target_layer_dirs(store, target).map_err(|e| match e {
+        StoreError::ImageNotFound(_) => Fail(
+            StatusCode::NOT_FOUND,
+            format!("{target:?} is neither a container nor an image"),
+        ),
+        e => e.into(),
+    })
 }
 
 /// Streams `lamina pull` as NDJSON: one event per progress line, then
