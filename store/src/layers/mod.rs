@@ -68,6 +68,14 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     out
 }
 
+/// The parent layers' dirs of an unpack, nearest first.
+enum Lowers<'a> {
+    /// Present now.
+    Known(&'a [PathBuf]),
+    /// Waited for when first needed.
+    Pending(Box<dyn FnOnce() -> std::result::Result<Vec<PathBuf>, String> + Send + 'a>),
+}
+
 /// A temp layer dir that is removed on drop unless persisted.
 struct TmpLayer {
     path: PathBuf,
@@ -200,7 +208,7 @@ impl Store {
                 return Ok(info);
             }
             let (tmp, stats_diff, size) =
-                self.unpack_tmp(chain.hex(), reader, &lowers, name_for_errors)?;
+                self.unpack_tmp(chain.hex(), reader, Lowers::Known(&lowers), name_for_errors)?;
             if stats_diff != *diff {
                 return Err(Error::DigestMismatch {
                     what: format!("diff id of layer {name_for_errors}"),
@@ -212,7 +220,8 @@ impl Store {
             drop(lock);
             Ok(info)
         } else {
-            let (tmp, diff, size) = self.unpack_tmp("new", reader, &lowers, name_for_errors)?;
+            let (tmp, diff, size) =
+                self.unpack_tmp("new", reader, Lowers::Known(&lowers), name_for_errors)?;
             let chain = chain_id(parent, &diff);
             let _lock = FileLock::lock(
                 &self.lock_path(&format!("layer-{}.lock", chain.hex())),
@@ -224,6 +233,74 @@ impl Store {
             }
             self.persist(tmp, &chain, parent, &diff, size, name_for_errors)
         }
+    }
+
+    /// Like [`Store::unpack_layer`] with an expected diff id, but the parent
+    /// chain need not exist yet: it may still be being unpacked (by another
+    /// thread of this pull). `wait_parent` blocks until the parent chain is in
+    /// the store (or returns why it never will be); it is called only when
+    /// this layer needs its lower layers while unpacking (a hardlink to a
+    /// file it does not have, a directory its tar does not list; the tar is
+    /// then waited on at that entry, so the result is exactly that of
+    /// [`Store::unpack_layer`]) and, in any case, before the layer is synced
+    /// and renamed into place: a layer is never recorded before its parents.
+    /// It may be called several times. With `parent` `None` this is
+    /// `unpack_layer(None, Some(diff_id), ..)`.
+    pub fn unpack_layer_on_pending_parent(
+        &self,
+        parent: Option<&Digest>,
+        diff_id: &Digest,
+        reader: impl Read,
+        name_for_errors: &str,
+        wait_parent: impl Fn() -> std::result::Result<(), String> + Sync,
+    ) -> Result<LayerInfo> {
+        let Some(parent_chain) = parent else {
+            return self.unpack_layer(None, Some(diff_id), reader, name_for_errors);
+        };
+        let _lease = self.lease()?;
+        let chain = chain_id(parent, diff_id);
+        if let Some(info) = self.layer(&chain)? {
+            return Ok(info);
+        }
+        let lock = FileLock::lock(
+            &self.lock_path(&format!("layer-{}.lock", chain.hex())),
+            LockMode::Exclusive,
+        )?;
+        if let Some(info) = self.layer(&chain)? {
+            tracing::info!("layer {chain} was unpacked by another process; reusing it");
+            return Ok(info);
+        }
+        let parent_dirs = || -> std::result::Result<Vec<PathBuf>, String> {
+            wait_parent()?;
+            self.layer_chain_dirs(parent_chain)
+                .map_err(|e| format!("parent layer {parent_chain}: {e}"))
+        };
+        let (tmp, stats_diff, size) = self.unpack_tmp(
+            chain.hex(),
+            reader,
+            Lowers::Pending(Box::new(parent_dirs)),
+            name_for_errors,
+        )?;
+        if stats_diff != *diff_id {
+            return Err(Error::DigestMismatch {
+                what: format!("diff id of layer {name_for_errors}"),
+                expected: diff_id.clone(),
+                actual: stats_diff,
+            });
+        }
+        // The parents first: a layer row always has its chain below it.
+        if let Err(reason) = parent_dirs() {
+            return Err(Error::Unpack {
+                layer: name_for_errors.to_string(),
+                error: unpack::UnpackError::LowerLayers {
+                    layer: name_for_errors.to_string(),
+                    reason,
+                },
+            });
+        }
+        let info = self.persist(tmp, &chain, parent, diff_id, size, name_for_errors)?;
+        drop(lock);
+        Ok(info)
     }
 
     /// Unpacks the layer blob `blob` (already in content) on top of `parent`,
@@ -293,7 +370,7 @@ impl Store {
         &self,
         prefix: &str,
         reader: impl Read,
-        lowers: &[PathBuf],
+        lowers: Lowers<'_>,
         name: &str,
     ) -> Result<(TmpLayer, Digest, u64)> {
         let token = format!("{:016x}", rand::random::<u64>());
@@ -311,11 +388,16 @@ impl Store {
             path,
             lock: Some(lock),
         };
-        let stats =
-            unpack::unpack(reader, &tmp.path, lowers, name).map_err(|error| Error::Unpack {
-                layer: name.to_string(),
-                error,
-            })?;
+        let stats = match lowers {
+            Lowers::Known(dirs) => unpack::unpack(reader, &tmp.path, dirs, name),
+            Lowers::Pending(load) => {
+                unpack::unpack_with_pending_lowers(reader, &tmp.path, load, name)
+            }
+        }
+        .map_err(|error| Error::Unpack {
+            layer: name.to_string(),
+            error,
+        })?;
         let diff = Digest::parse(&stats.diff_id)?;
         Ok((tmp, diff, stats.size))
     }
@@ -521,6 +603,119 @@ mod store_tests {
         assert!(infos.windows(2).all(|w| w[0] == w[1]));
         assert_eq!(s.layers().unwrap().len(), 1);
         assert_eq!(s.blob_diff_id(&blob).unwrap(), Some(Digest::of(&t)));
+    }
+
+    /// A tar of one hardlink `name -> target`.
+    fn link_tar(name: &str, target: &str) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Link);
+        b.append_link(&mut h, name, target).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_layer_unpacks_while_its_parent_is_still_pending() {
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::{Arc, Condvar, Mutex};
+        let (d, s) = store();
+        let s = Arc::new(s);
+        let bottom = tar(&[("usr/bin/a", b"lower file")]);
+        let bottom_diff = Digest::of(&bottom);
+        let top = link_tar("usr/bin/b", "usr/bin/a");
+        let top_diff = Digest::of(&top);
+        let top_chain = super::chain_id(Some(&bottom_diff), &top_diff);
+        // The bottom layer's completion, as a pull would signal it.
+        let done = Arc::new((Mutex::new(None::<Result<(), String>>), Condvar::new()));
+        let waits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let child = {
+            let (s, done, waits) = (s.clone(), done.clone(), waits.clone());
+            let (bottom_diff, top_diff) = (bottom_diff.clone(), top_diff.clone());
+            std::thread::spawn(move || {
+                s.unpack_layer_on_pending_parent(
+                    Some(&bottom_diff),
+                    &top_diff,
+                    &top[..],
+                    "top",
+                    || {
+                        waits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let (m, c) = &*done;
+                        let mut g = m.lock().unwrap();
+                        while g.is_none() {
+                            g = c.wait(g).unwrap();
+                        }
+                        g.clone().unwrap()
+                    },
+                )
+            })
+        };
+        // The child needs the parent (hardlink target) and must be waiting.
+        while waits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(!child.is_finished(), "{:?}", child.join().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!s.layer_dir(&top_chain).exists());
+        assert!(!s.has_layer(&top_chain).unwrap());
+        s.unpack_layer(None, Some(&bottom_diff), &bottom[..], "bottom")
+            .unwrap();
+        *done.0.lock().unwrap() = Some(Ok(()));
+        done.1.notify_all();
+        let info = child.join().unwrap().unwrap();
+        assert_eq!(info.chain_id, top_chain);
+        assert_eq!(info.parent, Some(bottom_diff.clone()));
+        let lower = s.layer_dir(&bottom_diff).join("usr/bin/a");
+        let linked = s.layer_dir(&top_chain).join("usr/bin/b");
+        assert_eq!(std::fs::read(&linked).unwrap(), b"lower file");
+        assert_eq!(
+            std::fs::metadata(&linked).unwrap().ino(),
+            std::fs::metadata(&lower).unwrap().ino()
+        );
+        assert_eq!(
+            s.layer_chain_dirs(&top_chain).unwrap(),
+            vec![s.layer_dir(&top_chain), s.layer_dir(&bottom_diff)]
+        );
+
+        // A parent that never comes: the child fails and leaves nothing.
+        let other = tar(&[("f", b"x")]);
+        let other_diff = Digest::of(&other);
+        let missing = Digest::of(b"missing parent");
+        let err = s
+            .unpack_layer_on_pending_parent(
+                Some(&missing),
+                &other_diff,
+                &other[..],
+                "orphan",
+                || Err("the parent's download failed".into()),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("download failed"), "{err}");
+        let chain = super::chain_id(Some(&missing), &other_diff);
+        assert!(!s.has_layer(&chain).unwrap());
+        let mut names: Vec<_> = std::fs::read_dir(d.path().join("layers"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut want = vec![bottom_diff.hex().to_string(), top_chain.hex().to_string()];
+        want.sort();
+        assert_eq!(names, want);
+        // A hardlink to nothing is still refused once the parent is known.
+        let bad = link_tar("x", "nowhere");
+        let err = s
+            .unpack_layer_on_pending_parent(
+                Some(&bottom_diff),
+                &Digest::of(&bad),
+                &bad[..],
+                "bad",
+                || Ok(()),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("neither in this layer"), "{err}");
     }
 
     #[test]

@@ -96,20 +96,58 @@ pub fn unpack(
     lowers: &[PathBuf],
     layer_name: &str,
 ) -> Result<UnpackStats, UnpackError> {
-    let open = |p: &Path| {
-        fs::Tree::open(p).map_err(|source| UnpackError::Directory {
-            path: p.to_owned(),
-            source,
-        })
-    };
-    let tree = open(dest)?;
     let lower_trees = lowers
         .iter()
-        .map(|p| open(p))
+        .map(|p| open_tree(p))
         .collect::<Result<Vec<_>, _>>()?;
+    unpack_into(reader, dest, apply::Lowers::Ready(&lower_trees), layer_name)
+}
+
+/// Like [`unpack`], but the parent layers' directories (nearest first) come
+/// from `lowers`, which is called at most once and only when the layer
+/// needs them: for a hardlink whose target this layer does not have, or a
+/// directory the tar does not list (it inherits the lower one's metadata).
+/// `lowers` may block until the parent layers exist, so a layer can unpack
+/// while its parents are still being unpacked; the result is the same as
+/// [`unpack`] with the final directories. An `Err(reason)` from `lowers`
+/// fails the unpack with [`UnpackError::LowerLayers`].
+pub fn unpack_with_pending_lowers(
+    reader: impl Read,
+    dest: &Path,
+    lowers: impl FnOnce() -> Result<Vec<PathBuf>, String> + Send,
+    layer_name: &str,
+) -> Result<UnpackStats, UnpackError> {
+    let load = move || {
+        let dirs = lowers().map_err(|reason| UnpackError::LowerLayers {
+            layer: layer_name.to_owned(),
+            reason,
+        })?;
+        dirs.iter().map(|p| open_tree(p)).collect()
+    };
+    unpack_into(
+        reader,
+        dest,
+        apply::Lowers::Pending(Box::new(load)),
+        layer_name,
+    )
+}
+
+fn open_tree(p: &Path) -> Result<fs::Tree, UnpackError> {
+    fs::Tree::open(p).map_err(|source| UnpackError::Directory {
+        path: p.to_owned(),
+        source,
+    })
+}
+
+fn unpack_into(
+    reader: impl Read,
+    dest: &Path,
+    lowers: apply::Lowers<'_>,
+    layer_name: &str,
+) -> Result<UnpackStats, UnpackError> {
+    let tree = open_tree(dest)?;
     let (tx, rx) = sync_channel(stream::CHUNKS);
     let (free_tx, free_rx) = sync_channel(stream::CHUNKS);
-    let lower_trees = &lower_trees;
 
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
@@ -118,7 +156,7 @@ pub fn unpack(
             .stack_size(16 << 20)
             .spawn_scoped(scope, move || {
                 let mut input = stream::ChannelReader::new(rx, free_tx);
-                let entries = apply_archive(&mut input, tree, lower_trees, layer_name)?;
+                let entries = apply_archive(&mut input, tree, lowers, layer_name)?;
                 Ok((entries, input.digest()))
             })
             .map_err(|source| UnpackError::Read {
@@ -152,7 +190,7 @@ pub fn unpack(
 fn apply_archive(
     input: &mut stream::ChannelReader,
     tree: fs::Tree,
-    lowers: &[fs::Tree],
+    lowers: apply::Lowers<'_>,
     layer: &str,
 ) -> Result<u64, UnpackError> {
     let mut applier = apply::Applier::new(tree, lowers, layer);

@@ -51,10 +51,53 @@ struct DirMeta {
     times: Timestamps,
 }
 
+/// The lower layers' directories, nearest first; opened only when first
+/// needed (a hardlink whose target is not in this layer, a directory the tar
+/// does not list), so a caller may still be producing them while this layer
+/// unpacks.
+pub enum Lowers<'a> {
+    /// Already open.
+    Ready(&'a [Tree]),
+    /// Produced on first use (may block until the lower layers exist).
+    Pending(Box<dyn FnOnce() -> Result<Vec<Tree>, UnpackError> + Send + 'a>),
+    /// Produced by `Pending`.
+    Loaded(Vec<Tree>),
+    /// `Pending` failed with this message.
+    Failed(String),
+}
+
+impl Lowers<'_> {
+    /// The lower trees, waiting for them if they are still pending.
+    fn get(&mut self, layer: &str) -> Result<&[Tree], UnpackError> {
+        if matches!(self, Lowers::Pending(_)) {
+            let pending = std::mem::replace(self, Lowers::Failed(String::new()));
+            let Lowers::Pending(load) = pending else {
+                unreachable!("checked above")
+            };
+            match load() {
+                Ok(trees) => *self = Lowers::Loaded(trees),
+                Err(e) => {
+                    *self = Lowers::Failed(e.to_string());
+                    return Err(e);
+                }
+            }
+        }
+        match self {
+            Lowers::Ready(t) => Ok(t),
+            Lowers::Loaded(t) => Ok(t),
+            Lowers::Pending(_) => unreachable!("loaded above"),
+            Lowers::Failed(reason) => Err(UnpackError::LowerLayers {
+                layer: layer.to_owned(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+}
+
 /// Applies the entries of one layer.
 pub struct Applier<'a> {
     tree: Tree,
-    lowers: &'a [Tree],
+    lowers: Lowers<'a>,
     layer: &'a str,
     dirs: HashMap<Vec<u8>, DirMeta>,
     buf: Vec<u8>,
@@ -116,7 +159,7 @@ fn errno_is(e: &io::Error, errno: Errno) -> bool {
 
 impl<'a> Applier<'a> {
     /// An applier writing into `tree`, finding hardlink targets in `lowers`.
-    pub fn new(tree: Tree, lowers: &'a [Tree], layer: &'a str) -> Applier<'a> {
+    pub fn new(tree: Tree, lowers: Lowers<'a>, layer: &'a str) -> Applier<'a> {
         Applier {
             tree,
             lowers,
@@ -314,7 +357,8 @@ impl<'a> Applier<'a> {
     /// without one it stays root-owned 0755.
     fn inherit_from_lowers(&mut self, raw: &[u8], rel: &[u8]) -> Result<(), UnpackError> {
         let (parent, name) = path::split_parent(rel);
-        for lower in self.lowers {
+        let lowers = self.lowers.get(self.layer)?;
+        for lower in lowers {
             // A real directory of the lower layer, not a symlink to one.
             let Ok(lparent) = lower.open_dir(parent) else {
                 continue;
@@ -328,7 +372,12 @@ impl<'a> Applier<'a> {
             let pfd = self
                 .tree
                 .open_dir(parent)
-                .map_err(self.failed(raw, "open parent directory"))?;
+                .map_err(|source| UnpackError::Entry {
+                    layer: self.layer.to_owned(),
+                    entry: lossy(raw),
+                    op: "open parent directory",
+                    source,
+                })?;
             if self.euid == 0 {
                 rustix::fs::chownat(
                     &pfd,
@@ -337,7 +386,12 @@ impl<'a> Applier<'a> {
                     Some(rustix::fs::Gid::from_raw(st.st_gid)),
                     AtFlags::SYMLINK_NOFOLLOW,
                 )
-                .map_err(|e| self.failed(raw, "chown implicit directory")(e.into()))?;
+                .map_err(|e| UnpackError::Entry {
+                    layer: self.layer.to_owned(),
+                    entry: lossy(raw),
+                    op: "chown implicit directory",
+                    source: e.into(),
+                })?;
             }
             let times = Timestamps {
                 last_access: Timespec {
@@ -738,20 +792,19 @@ impl<'a> Applier<'a> {
         if tname.is_empty() {
             return Err(self.rejected(raw, "hardlink to the layer root"));
         }
-        let not_found = || {
-            self.rejected(
+        let source = match self.find_link_source(tparent, tname) {
+            Ok(s) => s,
+            Err(LinkLookup::Io(e)) => return Err(self.failed(raw, "look up hardlink target")(e)),
+            Err(LinkLookup::Lowers(e)) => return Err(e),
+        };
+        let Some((sdir, st)) = source else {
+            return Err(self.rejected(
                 raw,
                 format!(
                     "hardlink target {:?} is neither in this layer nor in its parents",
                     lossy(&target_raw)
                 ),
-            )
-        };
-        let source = self
-            .find_link_source(tparent, tname)
-            .map_err(self.failed(raw, "look up hardlink target"))?;
-        let Some((sdir, st)) = source else {
-            return Err(not_found());
+            ));
         };
         if lfs::is_dir(&st) {
             return Err(self.rejected(raw, "hardlink to a directory"));
@@ -774,21 +827,19 @@ impl<'a> Applier<'a> {
 
     /// Finds the directory holding the hardlink target: this layer first,
     /// then the lower layers nearest first; a whiteout ends the search.
+    /// The lower layers are only waited for when this layer does not have
+    /// the target.
     fn find_link_source(
-        &self,
+        &mut self,
         parent: &[u8],
         name: &[u8],
-    ) -> io::Result<Option<(OwnedFd, rustix::fs::Stat)>> {
-        for tree in std::iter::once(&self.tree).chain(self.lowers) {
-            let sdir = match tree.open_dir(parent) {
-                Ok(fd) => fd,
-                Err(e) if errno_is(&e, Errno::NOENT) || errno_is(&e, Errno::NOTDIR) => continue,
-                Err(e) => return Err(e),
-            };
-            match lfs::lstat(sdir.as_fd(), name)? {
-                Some(st) if lfs::is_whiteout(&st) => return Ok(None),
-                Some(st) => return Ok(Some((sdir, st))),
-                None => {}
+    ) -> Result<Option<(OwnedFd, rustix::fs::Stat)>, LinkLookup> {
+        if let Some(found) = link_source_in(&self.tree, parent, name).map_err(LinkLookup::Io)? {
+            return Ok(found);
+        }
+        for tree in self.lowers.get(self.layer).map_err(LinkLookup::Lowers)? {
+            if let Some(found) = link_source_in(tree, parent, name).map_err(LinkLookup::Io)? {
+                return Ok(found);
             }
         }
         Ok(None)
@@ -890,6 +941,32 @@ impl<'a> Applier<'a> {
                 .map_err(|e| self.failed(&rel, "set times")(e.into()))?;
         }
         Ok(self.entries)
+    }
+}
+
+/// Why a hardlink target could not be looked up.
+enum LinkLookup {
+    Io(io::Error),
+    Lowers(UnpackError),
+}
+
+/// Looks `parent/name` up in one layer: `None` if it has no such node (look
+/// further down), `Some(None)` for a whiteout (the search ends).
+#[allow(clippy::type_complexity)]
+fn link_source_in(
+    tree: &Tree,
+    parent: &[u8],
+    name: &[u8],
+) -> io::Result<Option<Option<(OwnedFd, rustix::fs::Stat)>>> {
+    let sdir = match tree.open_dir(parent) {
+        Ok(fd) => fd,
+        Err(e) if errno_is(&e, Errno::NOENT) || errno_is(&e, Errno::NOTDIR) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match lfs::lstat(sdir.as_fd(), name)? {
+        Some(st) if lfs::is_whiteout(&st) => Ok(Some(None)),
+        Some(st) => Ok(Some(Some((sdir, st)))),
+        None => Ok(None),
     }
 }
 

@@ -73,6 +73,17 @@ pub enum UnpackError {
         #[source]
         source: std::io::Error,
     },
+    /// The layer needs its parent layers (a hardlink into them, a directory
+    /// it does not list) and they could not be had.
+    #[error(
+        "layer {layer}: its parent layers are not available: {reason}; pull or load the image again"
+    )]
+    LowerLayers {
+        /// The layer, as the caller named it.
+        layer: String,
+        /// Why.
+        reason: String,
+    },
     /// The uncompressed stream does not hash to the expected diff id.
     #[error(
         "layer {layer}: diff id mismatch: expected {expected}, got {actual}; the blob does not match the image config"
