@@ -9,12 +9,16 @@
 //!    keyed by the blob digest (so a killed pull resumes from what reached
 //!    the disk, with `Range`), verified as the bytes arrive and again by the
 //!    ingest commit.
-//! 4. Meanwhile one thread unpacks the layers bottom-up (a layer may hardlink
-//!    into its parent): a fresh download is teed into the unpacker while it
-//!    downloads (see [`super::tee`]: the unpacker gets the blob's last bytes
-//!    only after the registry client verified the digest of the whole
-//!    stream, so a corrupt blob never becomes a layer dir); a resumed or
-//!    spilled one is unpacked from the committed (re-verified) blob.
+//! 4. Meanwhile every layer to unpack has its own thread, all at once: a
+//!    fresh download is teed into its unpacker while it downloads (see
+//!    [`super::tee`]: the unpacker gets the blob's last bytes only after the
+//!    registry client verified the digest of the whole stream, so a corrupt
+//!    blob never becomes a layer dir); a resumed or spilled one is unpacked
+//!    from the committed (re-verified) blob. A layer above the bottom one
+//!    unpacks with [`Store::unpack_layer_on_pending_parent`]: it waits for
+//!    the layer below only where it needs it (a hardlink into it, a
+//!    directory it does not list) and before it is renamed into place, so
+//!    layer dirs still appear bottom-up and only complete.
 //! 5. Store config, manifest (and index) as blobs, then register the image
 //!    under its name. A failure before this step leaves only resumable
 //!    ingests (and verified blobs/layers nothing references, which gc
@@ -31,8 +35,8 @@ use std::io::Write as _;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// How much of a layer may queue in memory for an unpacker that has not
-/// started yet (it waits for the layer below); past it the layer is unpacked
-/// from its blob after the download.
+/// started yet; past it the layer is unpacked from its blob after the
+/// download.
 const TEE_BUDGET: u64 = 256 << 20;
 /// Largest config accepted.
 const MAX_CONFIG: u64 = 16 << 20;
@@ -80,6 +84,8 @@ struct Layer {
     download: bool,
     tee: Option<TeeWriter>,
     done: Arc<Done>,
+    /// Set when the layer is in the store (at once if it already was).
+    unpacked: Arc<Done>,
 }
 
 /// Pulls `reference` into `store`.
@@ -141,6 +147,10 @@ pub fn pull(
             done.set(Ok(()));
         }
         let unpack = !have_layer;
+        let unpacked = Arc::new(Done::default());
+        if !unpack {
+            unpacked.set(Ok(()));
+        }
         layers.push(Layer {
             idx,
             digest: desc.digest.clone(),
@@ -151,6 +161,7 @@ pub fn pull(
             download,
             tee: (unpack && download).then(|| tee(TEE_BUDGET)),
             done,
+            unpacked,
         });
         parent = Some(chain);
     }
@@ -160,69 +171,49 @@ pub fn pull(
         }
     }
 
-    // Unpacker: bottom-up, one layer at a time.
-    let unpacker = {
-        let store = store.clone();
-        let progress = progress.clone();
-        let plan: Vec<_> = layers
-            .iter()
-            .map(|l| {
-                (
-                    l.idx,
-                    l.digest.clone(),
-                    l.media_type.clone(),
-                    l.diff_id.clone(),
-                    l.unpack,
-                    l.tee.clone(),
-                    l.done.clone(),
-                )
-            })
-            .collect();
-        let name = r.to_string();
-        std::thread::Builder::new()
-            .name("lamina-unpack".into())
-            .spawn(move || -> anyhow::Result<()> {
-                let mut parent: Option<lamina_store::Digest> = None;
-                for (idx, digest, media_type, diff, unpack, tee, done) in plan {
-                    let label = format!("{digest} (layer {} of {name})", idx + 1);
-                    let info = if !unpack {
-                        None
-                    } else if let Some(reader) = tee.as_ref().and_then(|t| t.reader()) {
-                        match store.unpack_layer(parent.as_ref(), Some(&diff), reader, &label) {
-                            Ok(info) => Some(info),
-                            Err(e) => {
-                                // A download failure explains a broken stream better.
-                                done.wait().map_err(|d| anyhow!(d))?;
-                                return Err(
-                                    anyhow::Error::new(e).context(format!("unpacking {label}"))
-                                );
+    // Unpackers: one thread per layer to unpack, all at once.
+    let mut unpackers = Vec::new();
+    let mut parent: Option<lamina_store::Digest> = None;
+    let mut below: Option<Arc<Done>> = None;
+    for l in &layers {
+        let chain = lamina_store::chain_id(parent.as_ref(), &l.diff_id);
+        if l.unpack {
+            let job = UnpackJob {
+                store: store.clone(),
+                label: format!("{} (layer {} of {r})", l.digest, l.idx + 1),
+                digest: l.digest.clone(),
+                media_type: l.media_type.clone(),
+                diff_id: l.diff_id.clone(),
+                parent: parent.clone(),
+                below: below.clone(),
+                tee: l.tee.clone(),
+                done: l.done.clone(),
+            };
+            let (progress, idx, digest, unpacked) = (
+                progress.clone(),
+                l.idx,
+                l.digest.clone(),
+                l.unpacked.clone(),
+            );
+            unpackers.push(
+                std::thread::Builder::new()
+                    .name(format!("lamina-unpack-{}", l.idx))
+                    .spawn(move || -> anyhow::Result<()> {
+                        let result = job.run();
+                        match &result {
+                            Ok(()) => {
+                                progress.event(idx, digest.as_str(), "unpacked");
+                                unpacked.set(Ok(()));
                             }
+                            Err(e) => unpacked.set(Err(format!("{e:#}"))),
                         }
-                    } else {
-                        done.wait().map_err(|d| anyhow!(d))?;
-                        let sd = store_digest(&digest);
-                        Some(
-                            store
-                                .unpack_layer_blob(
-                                    parent.as_ref(),
-                                    &sd,
-                                    &media_type,
-                                    Some(&diff),
-                                    &label,
-                                )
-                                .with_context(|| format!("unpacking {label}"))?,
-                        )
-                    };
-                    if let Some(info) = info {
-                        progress.event(idx, digest.as_str(), "unpacked");
-                        parent = Some(info.chain_id);
-                    } else {
-                        parent = Some(lamina_store::chain_id(parent.as_ref(), &diff));
-                    }
-                }
-                Ok(())
-            })?
-    };
+                        result
+                    })?,
+            );
+        }
+        below = Some(l.unpacked.clone());
+        parent = Some(chain);
+    }
 
     // Downloads, concurrently.
     let concurrency = super::env_u64("LAMINA_PULL_CONCURRENCY")
@@ -275,9 +266,15 @@ pub fn pull(
             .await;
         results.into_iter().collect()
     });
-    let unpack_result = unpacker
-        .join()
-        .map_err(|_| anyhow!("the unpack thread panicked"))?;
+    // The first failure in layer order: a layer above a failed one fails
+    // only because its parent never came.
+    let mut unpack_result = Ok(());
+    for t in unpackers {
+        let r = t.join().map_err(|_| anyhow!("an unpack thread panicked"))?;
+        if unpack_result.is_ok() {
+            unpack_result = r;
+        }
+    }
     download_result?;
     unpack_result?;
 
@@ -299,6 +296,80 @@ pub fn pull(
         image,
         fetched: fetched.load(std::sync::atomic::Ordering::SeqCst),
     })
+}
+
+/// One layer's unpack, on its own thread.
+struct UnpackJob {
+    store: Arc<Store>,
+    label: String,
+    digest: Digest,
+    media_type: String,
+    diff_id: lamina_store::Digest,
+    /// Chain id of the layer below.
+    parent: Option<lamina_store::Digest>,
+    /// Completion of the layer below (`None` for the bottom layer).
+    below: Option<Arc<Done>>,
+    tee: Option<TeeWriter>,
+    /// Completion of this layer's download.
+    done: Arc<Done>,
+}
+
+impl UnpackJob {
+    fn run(self) -> anyhow::Result<()> {
+        let UnpackJob {
+            store,
+            label,
+            digest,
+            media_type,
+            diff_id,
+            parent,
+            below,
+            tee,
+            done,
+        } = self;
+        let wait_parent = || match &below {
+            Some(b) => b.wait().map_err(|e| format!("the layer below failed: {e}")),
+            None => Ok(()),
+        };
+        if let Some(reader) = tee.as_ref().and_then(|t| t.reader()) {
+            let r = store.unpack_layer_on_pending_parent(
+                parent.as_ref(),
+                &diff_id,
+                reader,
+                &label,
+                wait_parent,
+            );
+            if let Err(e) = r {
+                // A download failure explains a broken stream better.
+                done.wait().map_err(|d| anyhow!(d))?;
+                return Err(anyhow::Error::new(e).context(format!("unpacking {label}")));
+            }
+            return Ok(());
+        }
+        done.wait().map_err(|d| anyhow!(d))?;
+        let sd = store_digest(&digest);
+        match &below {
+            // The bottom layer: remembers blob -> diff id too.
+            None => {
+                store
+                    .unpack_layer_blob(None, &sd, &media_type, Some(&diff_id), &label)
+                    .with_context(|| format!("unpacking {label}"))?;
+            }
+            Some(_) => {
+                let file = store.content().open(&sd)?;
+                store
+                    .unpack_layer_on_pending_parent(
+                        parent.as_ref(),
+                        &diff_id,
+                        file,
+                        &label,
+                        wait_parent,
+                    )
+                    .with_context(|| format!("unpacking {label}"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 enum Msg {
