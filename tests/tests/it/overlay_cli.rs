@@ -104,7 +104,34 @@ fn container_mount_lifecycle() -> Result<()> {
     if kernel_overlay_available() {
         lamina(&root, &["mount", "web", m, "--driver", "kernel"])?;
         assert_eq!(std::fs::read_to_string(mnt.join("etc/os"))?, "changed\n");
+        // redirect_dir=off: a lower dir cannot be renamed (no redirect xattr
+        // in the upper dir); metacopy=off: a chmod copies the data up.
+        let err = std::fs::rename(mnt.join("etc"), mnt.join("etc2")).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EXDEV),
+            "rename of a lower dir"
+        );
         lamina(&root, &["umount", m])?;
+        lamina(&root, &["create", "test/cli:1", "--name", "k"])?;
+        lamina(&root, &["mount", "k", m, "--driver", "kernel"])?;
+        run(Command::new("chmod").arg("600").arg(mnt.join("etc/os")))?;
+        lamina(&root, &["umount", m])?;
+        let kid = lamina(&root, &["ps", "--format", "json"])?;
+        let ps: serde_json::Value = serde_json::from_str(&kid)?;
+        let kid = ps
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == "k"))
+            .and_then(|c| c["id"].as_str())
+            .context("container k in ps")?
+            .to_string();
+        let copied = root.join("containers").join(&kid).join("upper/etc/os");
+        assert_eq!(
+            std::fs::read_to_string(&copied)?,
+            "lamina-test\n",
+            "chmod copied the data up (no metacopy)"
+        );
+        lamina(&root, &["rm", "k"])?;
     }
     ensure!(
         lamina_err(&root, &["umount", m])?.contains("not mounted"),

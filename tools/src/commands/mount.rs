@@ -265,7 +265,13 @@ fn mount_kernel(
         return Ok(());
     }
     let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
-    let mut opts = format!("lowerdir={}", lower.join(":"));
+    // What docker passes: no redirects, metacopy or index, so that an upper
+    // dir always says everything about a change and stays expressible as an
+    // OCI layer (`lamina commit` refuses uppers with redirects or metacopy).
+    let mut opts = format!(
+        "redirect_dir=off,metacopy=off,index=off,lowerdir={}",
+        lower.join(":")
+    );
     if let Some((u, w)) = upper {
         std::fs::create_dir_all(w)?;
         opts.push_str(&format!(
