@@ -1,6 +1,7 @@
 //! lamina's integration tests, one module per area.
 mod registry_client;
 mod registry_pull;
+mod registry_pull_parallel;
 mod registry_errors;
 mod archive_bad;
 mod archive_containerd;
