@@ -174,3 +174,83 @@ pub fn commit(
     let image = store.register_image(name, &m_digest)?;
     Ok(Committed { image, layer })
 }
+
+/// Makes an image named `name` from whole layer dirs in overlayfs format,
+/// `dirs` bottom-most first (the containerd snapshotter's committed
+/// snapshots, whose original layer blobs lamina may not have). Every dir is
+/// written as a layer blob by [`super::layer_writer`] with `opts`; the config
+/// has the host platform, the diff ids and one history entry per layer
+/// (`created_by`); the manifest is OCI. Registering unpacks the new layers
+/// into layer dirs as for any loaded image, so the result can be saved,
+/// pushed, run and removed like any other.
+pub fn commit_dirs(
+    store: &Store,
+    dirs: &[std::path::PathBuf],
+    name: &str,
+    created_by: &str,
+    opts: &CommitOptions,
+) -> Result<ImageRecord> {
+    let _lease = store.lease()?;
+    let lopts = LayerOptions {
+        compression: opts.compression,
+        sparse: opts.sparse,
+    };
+    let created = crate::time::now_rfc3339();
+    let (mut layers, mut diff_ids, mut history) = (Vec::new(), Vec::new(), Vec::new());
+    for dir in dirs {
+        let key = format!("commit-dirs-{}", crate::time::now_nanos());
+        let mut ingest = store.content().ingest(&key, None)?;
+        let layer = match super::layer_writer::write_layer(dir, &mut ingest, &lopts) {
+            Ok((layer, _)) => layer,
+            Err(e) => {
+                let _ = ingest.abort();
+                return Err(e);
+            }
+        };
+        let blob = ingest.commit()?;
+        if blob.as_str() != layer.digest {
+            return Err(Error::Archive {
+                path: dir.clone(),
+                reason: format!(
+                    "the stored layer hashes to {blob}, the writer saw {}",
+                    layer.digest
+                ),
+            });
+        }
+        let diff_id = Digest::parse(&layer.diff_id)?;
+        store.record_layer_blob(&blob, &diff_id, layer.media_type)?;
+        layers.push(
+            json!({"mediaType": layer.media_type, "digest": blob.as_str(), "size": layer.size}),
+        );
+        diff_ids.push(json!(diff_id.as_str()));
+        let mut h = json!({"created": created, "created_by": created_by});
+        if let Some(a) = &opts.author {
+            h["author"] = json!(a);
+        }
+        if let Some(m) = &opts.message {
+            h["comment"] = json!(m);
+        }
+        history.push(h);
+    }
+    let (os, architecture) = crate::import::host_platform();
+    let mut cfg = json!({
+        "created": created,
+        "architecture": architecture,
+        "os": os,
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": history,
+    });
+    if let Some(a) = &opts.author {
+        cfg["author"] = json!(a);
+    }
+    let (cfg_digest, cfg_size) = store.put_json(&cfg)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": media_types::OCI_MANIFEST,
+        "config": {"mediaType": media_types::OCI_CONFIG, "digest": cfg_digest.as_str(), "size": cfg_size},
+        "layers": layers,
+    });
+    let (m_digest, _) = store.put_json(&manifest)?;
+    store.register_image(Some(name), &m_digest)
+}

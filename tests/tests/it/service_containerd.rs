@@ -112,6 +112,38 @@ fn pull_run_commit_gc(driver: &str) {
         .ctr(&[&["snapshots"][..], &sn, &["commit", "t2-again", "t2"]].concat())
         .unwrap();
     assert!(!err.status.success(), "committing a gone key fails");
+
+    // The commit is also an image lamina can save: skopeo reads the archive
+    // and umoci's unpack of it has the file written in the container, over
+    // the image's own layers (whiteout included).
+    let saved_name = "lamina.local/snapshots/t2-committed:latest";
+    let archive = tmp.path().join("t2.tar");
+    lamina(
+        &root,
+        &["save", "-o", archive.to_str().unwrap(), saved_name],
+    );
+    let oci = tmp.path().join("t2-oci");
+    lamina_tests::archive::skopeo_copy(
+        &format!("docker-archive:{}", archive.display()),
+        &format!("oci:{}:t2", oci.display()),
+    )
+    .unwrap();
+    let rootfs =
+        lamina_tests::archive::umoci_unpack(&oci, "t2", &tmp.path().join("t2-bundle")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("newfile")).unwrap(),
+        "written-in-t2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join(LAYER2_FILE)).unwrap(),
+        LAYER2_CONTENT
+    );
+    assert!(
+        !rootfs.join("bin/ls").exists(),
+        "the whiteout still hides /bin/ls"
+    );
+    // It is lamina's image now: removing it is lamina's business.
+    lamina(&root, &["rmi", saved_name]);
     ctd.ctr_ok(&[&["snapshots"][..], &sn, &["prepare", "t3", "t2-committed"]].concat())
         .unwrap();
     let mounts = ctd

@@ -59,6 +59,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let api_listener = bind(&config.api_socket)?;
     let snapshotter = Arc::new(snapshotter::Snapshotter::new(
         snapshots.clone(),
+        store.clone(),
         config.driver,
     ));
     let grpc = containerd_snapshots::tonic::transport::Server::builder()

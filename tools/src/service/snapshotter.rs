@@ -41,6 +41,8 @@ pub enum Driver {
 /// The snapshotter containerd talks to.
 pub struct Snapshotter {
     snapshots: Arc<Snapshots>,
+    /// The image store committed snapshots are saved into as images.
+    store: Arc<lamina_store::Store>,
     driver: Driver,
     /// `index=off` when the kernel knows the option: the same lower dirs
     /// are mounted by many overlays at once.
@@ -48,10 +50,12 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
-    /// A snapshotter over `snapshots`, handing out `driver` mounts.
-    pub fn new(snapshots: Arc<Snapshots>, driver: Driver) -> Self {
+    /// A snapshotter over `snapshots`, handing out `driver` mounts, saving
+    /// committed snapshots as images in `store`.
+    pub fn new(snapshots: Arc<Snapshots>, store: Arc<lamina_store::Store>, driver: Driver) -> Self {
         Snapshotter {
             snapshots,
+            store,
             driver,
             overlay_index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
         }
@@ -182,6 +186,66 @@ fn info(r: Record) -> cs::Info {
     }
 }
 
+/// The image name a committed snapshot is saved under:
+/// `lamina.local/snapshots/<NAME>:latest`, where NAME is the name the user
+/// gave `ctr snapshots commit` (containerd's metadata layer prefixes it with
+/// `<namespace>/<n>/`), lowercased, with characters a repository name cannot
+/// hold turned into `-`. `None` if nothing usable is left.
+pub fn snapshot_image_name(name: &str) -> Option<String> {
+    let user = name.splitn(3, '/').nth(2).unwrap_or(name);
+    let repo: String = user
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.' | '_' | '-') => c,
+            _ => '-',
+        })
+        .collect();
+    let repo = repo.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    let full = format!("lamina.local/snapshots/{repo}:latest");
+    (!repo.is_empty() && lamina_store::reference::normalize(&full).is_ok()).then_some(full)
+}
+
+/// Saves the committed snapshot `r` (not a layer extraction) as an image in
+/// `store`: its chain of dirs, bottom first, each written as a layer. A
+/// failure is logged and leaves the commit in place: the snapshot is still a
+/// parent containerd can use, only `lamina save` of it is not possible.
+fn save_as_image(s: &Snapshots, store: &lamina_store::Store, r: &Record) {
+    let Some(image) = snapshot_image_name(&r.key) else {
+        tracing::warn!(
+            name = r.key,
+            "no image name can be made from this snapshot name: not saved as an image"
+        );
+        return;
+    };
+    let result = s.lower_dirs(r.parent.as_deref()).map(|lowers| {
+        let mut dirs: Vec<_> = lowers.into_iter().rev().collect();
+        dirs.push(s.fs_dir(r));
+        dirs
+    });
+    let dirs = match result {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(name = r.key, "cannot list the snapshot's layers: {e}");
+            return;
+        }
+    };
+    let opts = lamina_store::archive::commit::CommitOptions {
+        sparse: true,
+        ..Default::default()
+    };
+    let created_by = format!("containerd snapshot commit {}", r.key);
+    match lamina_store::archive::commit::commit_dirs(store, &dirs, &image, &created_by, &opts) {
+        Ok(img) => {
+            tracing::info!(name = r.key, image, id = %img.id, "committed snapshot saved as an image")
+        }
+        Err(e) => tracing::warn!(
+            name = r.key,
+            image,
+            "saving the committed snapshot as an image failed: {e}"
+        ),
+    }
+}
+
 /// The gRPC face: `Arc<Snapshotter>` so creating mounts can reach the driver
 /// from blocking tasks.
 pub struct Service(pub Arc<Snapshotter>);
@@ -264,10 +328,16 @@ impl cs::Snapshotter for Service {
         labels: HashMap<String, String>,
     ) -> Result<(), Self::Error> {
         tracing::debug!(name, key, "commit");
+        let store = self.0.store.clone();
         self.0
-            .blocking(move |s| s.commit(&name, &key, labels))
+            .blocking(move |s| {
+                let r = s.commit(&name, &key, labels)?;
+                if r.chain_id.is_none() {
+                    save_as_image(s, &store, &r);
+                }
+                Ok(())
+            })
             .await
-            .map(drop)
     }
 
     async fn remove(&self, key: String) -> Result<(), Self::Error> {
@@ -307,5 +377,27 @@ impl cs::Snapshotter for Service {
             .map(|r| Ok(info(r)))
             .collect();
         Ok(futures::stream::iter(infos))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_image_name;
+
+    #[test]
+    fn committed_snapshot_image_names() {
+        assert_eq!(
+            snapshot_image_name("default/12/t2-committed").as_deref(),
+            Some("lamina.local/snapshots/t2-committed:latest")
+        );
+        assert_eq!(
+            snapshot_image_name("default/3/My App:v1").as_deref(),
+            Some("lamina.local/snapshots/my-app-v1:latest")
+        );
+        assert_eq!(
+            snapshot_image_name("plain").as_deref(),
+            Some("lamina.local/snapshots/plain:latest")
+        );
+        assert_eq!(snapshot_image_name("ns/1/@@@"), None);
     }
 }
