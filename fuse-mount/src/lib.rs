@@ -79,11 +79,34 @@ pub fn mount(config: OverlayConfig, mountpoint: &Path, fsname: &str) -> Result<M
 
 impl Mounted {
     /// Serves requests until the filesystem is unmounted.
+    ///
+    /// The server never unmounts anything itself when the session ends: the
+    /// session ends because the mount is already gone (unmounted by its
+    /// user), and fuser's unmount-on-drop would then `umount(2)` the mount
+    /// point *path* (its "still mounted?" poll reads POLLERR, which means the
+    /// connection is gone, as "mounted"). If the same mount point had been
+    /// mounted again meanwhile (containerd, podman and `lamina umount; lamina
+    /// mount` remount the same dir back to back), that unmounted the *new*
+    /// mount from under its user, who then saw the empty dir beneath (ENOENT
+    /// for every path). So the mount handle is kept until the process exits;
+    /// if the server fails while still mounted, closing the device aborts
+    /// the connection (ENOTCONN), never a silent fall-through to the dir.
     pub fn run(self) -> Result<()> {
         let path = self.mountpoint;
-        self.session
-            .run()
-            .map_err(|source| Error::Serve { path, source })
+        let serve_err = |source| Error::Serve {
+            path: path.clone(),
+            source,
+        };
+        let background = self.session.spawn().map_err(serve_err)?;
+        // Never dropped: dropping it would unmount by path (see above).
+        let background: &'static mut fuser::BackgroundSession = Box::leak(Box::new(background));
+        let guard = std::mem::replace(&mut background.guard, std::thread::spawn(|| Ok(())));
+        match guard.join() {
+            Ok(res) => res.map_err(serve_err),
+            Err(_) => Err(serve_err(std::io::Error::other(
+                "the FUSE session thread panicked",
+            ))),
+        }
     }
 }
 

@@ -186,3 +186,101 @@ fn concurrent_processes_leave_what_the_model_says() -> Result<()> {
     }
     Ok(())
 }
+
+/// The pid of the `lamina-overlayfs` server of mount point `dir`.
+fn server_pid(dir: &Path) -> Option<u32> {
+    let want = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (args.first()?.ends_with("lamina-overlayfs") && args.iter().any(|a| *a == want))
+            .then_some(pid)
+    })
+}
+
+/// Stats `paths` under `dir` from several threads at once, right after the mount.
+fn stat_all(dir: &Path, paths: &[&str]) -> Result<()> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    for p in paths {
+                        let md = std::fs::metadata(dir.join(p))
+                            .map_err(|e| anyhow::anyhow!("stat {p} in a fresh mount: {e}"))?;
+                        ensure!(md.is_file(), "{p} is a file");
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().unwrap())
+    })
+}
+
+/// Two mount lifetimes back to back over one mount point and one upper/work
+/// dir (what containerd does: ctr's temp mount, then the shim's): paths
+/// through symlinks (`/bin -> usr/bin`) must resolve in each fresh mount.
+/// The old server, ending after its unmount, used to `umount` the mount
+/// point by path, and so took down the *new* mount (ENOENT for everything):
+/// the first part makes that ordering certain by keeping the old mount
+/// (lazily unmounted) alive until the new one is up; the loop runs the plain back-to-back case.
+#[test]
+fn remount_back_to_back() -> Result<()> {
+    if !fuse_available() {
+        eprintln!("SKIP overlay_stress::remount_back_to_back: needs root and /dev/fuse");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let (base, top) = (t.join("l1"), t.join("l2"));
+    std::fs::create_dir_all(base.join("usr/bin"))?;
+    std::fs::write(base.join("usr/bin/cat"), "cat")?;
+    std::os::unix::fs::symlink("usr/bin", base.join("bin"))?;
+    std::fs::create_dir_all(top.join("usr/bin"))?;
+    std::fs::write(top.join("usr/bin/python3.11"), "py")?;
+    std::os::unix::fs::symlink("python3.11", top.join("usr/bin/python3"))?;
+    let lowers = [top.clone(), base.clone()];
+    let (upper, work, mnt) = (t.join("u"), t.join("w"), t.join("m"));
+    let up = Some((upper.as_path(), work.as_path()));
+    let paths = ["bin/cat", "usr/bin/python3", "bin/python3"];
+
+    // The old mount stays alive, lazily unmounted, while `hold` is open, so
+    // its server ends only after the new mount is up.
+    let old = LaminaMount::mount(&lowers, up, &mnt)?;
+    stat_all(&mnt, &paths)?;
+    let pid = server_pid(&mnt).ok_or_else(|| anyhow::anyhow!("no server for {mnt:?}"))?;
+    let hold = std::fs::File::open(&mnt)?;
+    run_ok(Command::new("umount").arg("-l").arg(&mnt))?;
+    std::mem::forget(old);
+    let new = LaminaMount::mount(&lowers, up, &mnt)?;
+    drop(hold);
+    for _ in 0..250 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ensure!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the old server (pid {pid}) ends once its mount is released"
+    );
+    stat_all(&mnt, &paths).map_err(|e| e.context("after the old server exited"))?;
+    drop(new);
+
+    for i in 0..60 {
+        let m = LaminaMount::mount(&lowers, up, &mnt)?;
+        stat_all(&mnt, &paths).map_err(|e| e.context(format!("round {i}")))?;
+        drop(m);
+    }
+    Ok(())
+}
+
+fn run_ok(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status()?;
+    ensure!(st.success(), "{cmd:?} failed");
+    Ok(())
+}
