@@ -145,3 +145,45 @@ fn container_mount_lifecycle() -> Result<()> {
     let _ = root_s;
     Ok(())
 }
+
+/// An image mount keeps its layers from `rmi` + `gc`; after `umount`, gc
+/// removes them.
+#[test]
+fn image_mount_survives_rmi_and_gc() -> Result<()> {
+    if !fuse_available() {
+        eprintln!("SKIP overlay_cli: needs root and /dev/fuse");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("store");
+    let rootfs = tmp.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc"))?;
+    std::fs::write(rootfs.join("etc/os"), "kept\n")?;
+    let tar = tmp.path().join("rootfs.tar");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("."))?;
+    lamina(&root, &["import", tar.to_str().unwrap(), "test/kept:1"])?;
+    let layers = || -> Result<usize> {
+        Ok(std::fs::read_dir(root.join("layers"))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().len() == 64)
+            .count())
+    };
+    ensure!(layers()? == 1, "one layer dir after import");
+
+    let mnt = tmp.path().join("mnt");
+    let m = mnt.to_str().unwrap();
+    lamina(&root, &["mount", "test/kept:1", m])?;
+    lamina(&root, &["rmi", "test/kept:1"])?;
+    let gc: serde_json::Value = serde_json::from_str(&lamina(&root, &["gc", "--format", "json"])?)?;
+    ensure!(layers()? == 1, "gc kept the layer of a mounted image: {gc}");
+    assert_eq!(std::fs::read_to_string(mnt.join("etc/os"))?, "kept\n");
+    lamina(&root, &["umount", m])?;
+    lamina(&root, &["gc"])?;
+    ensure!(layers()? == 0, "after umount, gc removed the layer");
+    Ok(())
+}

@@ -131,6 +131,19 @@ fn unescape(s: &str) -> String {
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let store = Store::open(&ctx.root)
         .with_context(|| format!("opening the store at {}", ctx.root.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating mount point {}", args.dir.display()))?;
+    let dir = absolute(&args.dir)?;
+    if is_mounted(&dir) {
+        anyhow::bail!(
+            "{} is already a mount point: run `lamina umount {}` first",
+            dir.display(),
+            dir.display()
+        );
+    }
+    // The lease keeps gc out between finding the layers and referencing them.
+    let lease = store.lease().context("taking a store lease")?;
+    let owner = layer_ref_owner(&dir);
     // A container (read-write) or else an image (read-only).
     let (mut lowers, upper, container) = match store.container(&args.target) {
         Ok(c) => {
@@ -146,6 +159,13 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
                     args.target
                 )
             })?;
+            // An image mount keeps its layers from `rmi` + `gc` until umount
+            // (a container keeps its image anyway).
+            if let Some(top) = img.top_chain_id() {
+                store.add_layer_ref(&owner, top).with_context(|| {
+                    format!("protecting the layers of {} while mounted", args.target)
+                })?;
+            }
             (store.image_layer_dirs(&img)?, None, None)
         }
         Err(e) => return Err(e).with_context(|| format!("looking up container {}", args.target)),
@@ -157,16 +177,41 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(&empty)?;
         lowers.push(empty);
     }
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating mount point {}", args.dir.display()))?;
-    let dir = absolute(&args.dir)?;
-    if is_mounted(&dir) {
-        anyhow::bail!(
-            "{} is already a mount point: run `lamina umount {}` first",
-            dir.display(),
-            dir.display()
-        );
+    drop(lease);
+    let res = mount_and_record(ctx, &args, &dir, &lowers, upper.as_ref(), container);
+    if res.is_err() {
+        release_layer_refs(&store, &dir);
     }
+    res
+}
+
+/// The owner name of the layer ref an image mount at `dir` holds.
+pub fn layer_ref_owner(dir: &Path) -> String {
+    format!("mount:{}", dir.display())
+}
+
+/// Drops the layer refs of a mount at `dir` (after it is unmounted).
+pub fn release_layer_refs(store: &Store, dir: &Path) {
+    let owner = layer_ref_owner(dir);
+    for chain in store.layer_refs(&owner).unwrap_or_default() {
+        if let Err(e) = store.remove_layer_ref(&owner, &chain) {
+            eprintln!(
+                "lamina: warning: could not drop the mount's reference to layer {}: {e} (gc keeps it until `lamina umount` is run again)",
+                chain.short()
+            );
+        }
+    }
+}
+
+fn mount_and_record(
+    ctx: &Context,
+    args: &Args,
+    dir: &Path,
+    lowers: &[PathBuf],
+    upper: Option<&(PathBuf, PathBuf)>,
+    container: Option<String>,
+) -> anyhow::Result<()> {
+    let dir = dir.to_path_buf();
     if let Some(cid) = &container {
         if let Some(m) = records(ctx)
             .iter()
@@ -180,15 +225,9 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         }
     }
     let pid = match args.driver.as_str() {
-        "fuse" => Some(mount_fuse(
-            ctx,
-            &dir,
-            &lowers,
-            upper.as_ref(),
-            &args.target,
-        )?),
+        "fuse" => Some(mount_fuse(ctx, &dir, lowers, upper, &args.target)?),
         "kernel" => {
-            mount_kernel(&dir, &lowers, upper.as_ref())?;
+            mount_kernel(&dir, lowers, upper)?;
             None
         }
         other => anyhow::bail!("unknown --driver {other:?}: use `fuse` or `kernel`"),

@@ -2,7 +2,7 @@
 //! process that died (the kernel mount is detached, the upper dir is left as
 //! it is on disk).
 
-use super::mount::{absolute, is_mounted, record, remove_record};
+use super::mount::{absolute, is_mounted, record, release_layer_refs, remove_record};
 use crate::context::Context;
 use rustix::mount::{UnmountFlags, unmount};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let rec = record(ctx, &dir);
     if !is_mounted(&dir) {
         if rec.is_some() {
+            release(ctx, &dir);
             remove_record(ctx, &dir);
             return Ok(());
         }
@@ -63,6 +64,18 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    release(ctx, &dir);
     remove_record(ctx, &dir);
     Ok(())
+}
+
+/// Lets gc have the layers an image mount at `dir` kept.
+fn release(ctx: &Context, dir: &std::path::Path) {
+    match lamina_store::Store::open(&ctx.root) {
+        Ok(store) => release_layer_refs(&store, dir),
+        Err(e) => eprintln!(
+            "lamina: warning: could not open the store at {} to release the mount's layers: {e}",
+            ctx.root.display()
+        ),
+    }
 }
