@@ -3,8 +3,8 @@
 
 mod commands;
 mod context;
-mod transfer;
 mod service;
+mod transfer;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
