@@ -215,9 +215,10 @@ fn pull_run_commit_gc(driver: &str) {
     ctd.ctr_ok(&[&["snapshots"][..], &sn, &["rm", "t2-committed"]].concat())
         .unwrap();
     ctd.ctr_ok(&["containers", "rm", "t2"]).unwrap();
-    ctd.ctr_ok(&["images", "rm", &image]).unwrap();
-    // containerd's GC runs in the background, with a delay that grows
-    // under load.
+    ctd.ctr_ok(&["images", "rm", "--sync", &image]).unwrap();
+    // `--sync` makes containerd collect now rather than on its adaptive
+    // schedule (which backs off under load); lamina then removes the dirs
+    // as the snapshot Remove calls arrive.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let layers = dir_names(&root.join("layers"));
@@ -305,7 +306,7 @@ fn containerd_and_lamina_pull_share_layer_dirs() {
     assert_eq!(inodes, again, "the very same dirs");
 
     // containerd drops its image: the dirs stay, lamina's image uses them.
-    ctd.ctr_ok(&["images", "rm", &img_a]).unwrap();
+    ctd.ctr_ok(&["images", "rm", "--sync", &img_a]).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(dir_names(&layers), dirs, "kept for lamina's image");
     lamina(
@@ -351,7 +352,7 @@ fn containerd_and_lamina_pull_share_layer_dirs() {
     assert_eq!(out, LAYER2_CONTENT);
 
     // Both gone: the dirs go.
-    ctd.ctr_ok(&["images", "rm", &img_b]).unwrap();
+    ctd.ctr_ok(&["images", "rm", "--sync", &img_b]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     while !dir_names(&layers).is_empty() {
         assert!(
