@@ -196,26 +196,13 @@ impl Store {
         };
         if let Some(diff) = expected_diff_id {
             let chain = chain_id(parent, diff);
-            if let Some(info) = self.layer(&chain)? {
-                return Ok(info);
-            }
-            let lock = FileLock::lock(
-                &self.lock_path(&format!("layer-{}.lock", chain.hex())),
-                LockMode::Exclusive,
-            )?;
-            if let Some(info) = self.layer(&chain)? {
-                tracing::info!("layer {chain} was unpacked by another process; reusing it");
-                return Ok(info);
-            }
+            let lock = match self.present_or_lock(&chain)? {
+                Ok(info) => return Ok(info),
+                Err(lock) => lock,
+            };
             let (tmp, stats_diff, size) =
                 self.unpack_tmp(chain.hex(), reader, Lowers::Known(&lowers), name_for_errors)?;
-            if stats_diff != *diff {
-                return Err(Error::DigestMismatch {
-                    what: format!("diff id of layer {name_for_errors}"),
-                    expected: diff.clone(),
-                    actual: stats_diff,
-                });
-            }
+            check_diff_id(diff, stats_diff, name_for_errors)?;
             let info = self.persist(tmp, &chain, parent, diff, size, name_for_errors)?;
             drop(lock);
             Ok(info)
@@ -223,10 +210,7 @@ impl Store {
             let (tmp, diff, size) =
                 self.unpack_tmp("new", reader, Lowers::Known(&lowers), name_for_errors)?;
             let chain = chain_id(parent, &diff);
-            let _lock = FileLock::lock(
-                &self.lock_path(&format!("layer-{}.lock", chain.hex())),
-                LockMode::Exclusive,
-            )?;
+            let _lock = self.lock_layer(&chain)?;
             if let Some(info) = self.layer(&chain)? {
                 tracing::info!("layer {chain} already present; dropping the new copy");
                 return Ok(info);
@@ -259,17 +243,10 @@ impl Store {
         };
         let _lease = self.lease()?;
         let chain = chain_id(parent, diff_id);
-        if let Some(info) = self.layer(&chain)? {
-            return Ok(info);
-        }
-        let lock = FileLock::lock(
-            &self.lock_path(&format!("layer-{}.lock", chain.hex())),
-            LockMode::Exclusive,
-        )?;
-        if let Some(info) = self.layer(&chain)? {
-            tracing::info!("layer {chain} was unpacked by another process; reusing it");
-            return Ok(info);
-        }
+        let lock = match self.present_or_lock(&chain)? {
+            Ok(info) => return Ok(info),
+            Err(lock) => lock,
+        };
         let parent_dirs = || -> std::result::Result<Vec<PathBuf>, String> {
             wait_parent()?;
             self.layer_chain_dirs(parent_chain)
@@ -281,13 +258,7 @@ impl Store {
             Lowers::Pending(Box::new(parent_dirs)),
             name_for_errors,
         )?;
-        if stats_diff != *diff_id {
-            return Err(Error::DigestMismatch {
-                what: format!("diff id of layer {name_for_errors}"),
-                expected: diff_id.clone(),
-                actual: stats_diff,
-            });
-        }
+        check_diff_id(diff_id, stats_diff, name_for_errors)?;
         // The parents first: a layer row always has its chain below it.
         if let Err(reason) = parent_dirs() {
             return Err(Error::Unpack {
@@ -301,6 +272,30 @@ impl Store {
         let info = self.persist(tmp, &chain, parent, diff_id, size, name_for_errors)?;
         drop(lock);
         Ok(info)
+    }
+
+    /// The lock under which one process unpacks `chain` while others wait.
+    fn lock_layer(&self, chain: &Digest) -> Result<FileLock> {
+        FileLock::lock(
+            &self.lock_path(&format!("layer-{}.lock", chain.hex())),
+            LockMode::Exclusive,
+        )
+    }
+
+    /// The layer `chain` if it is present, else its unpack lock. Checked again
+    /// under the lock: another process may have finished it meanwhile.
+    fn present_or_lock(&self, chain: &Digest) -> Result<Result<LayerInfo, FileLock>> {
+        if let Some(info) = self.layer(chain)? {
+            return Ok(Ok(info));
+        }
+        let lock = self.lock_layer(chain)?;
+        match self.layer(chain)? {
+            Some(info) => {
+                tracing::info!("layer {chain} was unpacked by another process; reusing it");
+                Ok(Ok(info))
+            }
+            None => Ok(Err(lock)),
+        }
     }
 
     /// Unpacks the layer blob `blob` (already in content) on top of `parent`,
@@ -521,6 +516,19 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+/// Fails with [`Error::DigestMismatch`] when an unpacked layer's diff id is
+/// not the one its image promised.
+fn check_diff_id(expected: &Digest, actual: Digest, layer: &str) -> Result<()> {
+    if actual == *expected {
+        return Ok(());
+    }
+    Err(Error::DigestMismatch {
+        what: format!("diff id of layer {layer}"),
+        expected: expected.clone(),
+        actual,
+    })
 }
 
 #[cfg(test)]
