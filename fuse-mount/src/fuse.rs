@@ -20,6 +20,14 @@ fn errno(e: rustix::io::Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.raw_os_error())
 }
 
+/// Answers an operation that returns nothing but success or an errno.
+fn reply_empty(reply: ReplyEmpty, result: Result<(), rustix::io::Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 fn kind(k: RType) -> FileType {
     match k {
         RType::Directory => FileType::Directory,
@@ -293,17 +301,11 @@ impl Filesystem for Fuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.op_remove(parent.0, name, false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.op_remove(parent.0, name, false))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.op_remove(parent.0, name, true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.op_remove(parent.0, name, true))
     }
 
     fn symlink(
@@ -494,10 +496,7 @@ impl Filesystem for Fuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.op_fsync(fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.op_fsync(fh.0, datasync))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -628,10 +627,7 @@ impl Filesystem for Fuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.op_fsync(fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.op_fsync(fh.0, datasync))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -660,10 +656,7 @@ impl Filesystem for Fuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.op_setxattr(ino.0, name, value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.op_setxattr(ino.0, name, value, flags))
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -685,17 +678,11 @@ impl Filesystem for Fuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.op_removexattr(ino.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.op_removexattr(ino.0, name))
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.fs.op_access(ino.0, mask.bits(), caller(req)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.op_access(ino.0, mask.bits(), caller(req)))
     }
 
     fn fallocate(
@@ -708,10 +695,7 @@ impl Filesystem for Fuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.op_fallocate(fh.0, offset, length, mode) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.op_fallocate(fh.0, offset, length, mode))
     }
 
     fn lseek(
