@@ -9,6 +9,7 @@ mod overlay_layers;
 mod overlay_pjdfstest;
 mod overlay_programs;
 mod overlay_stress;
+mod overlay_uring;
 mod registry_client;
 mod registry_errors;
 mod registry_pull;
