@@ -10,6 +10,7 @@ packages=(
   skopeo umoci                                                   # interop judges
   fuse-overlayfs attr acl pigz zstd bc                           # overlay comparison, fixtures
   containerd runc                                                # snapshotter tests
+  podman conmon                                                  # peer: mount_program, save/load
   debootstrap                                                    # a real Debian rootfs
 )
 missing=()

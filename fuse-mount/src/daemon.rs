@@ -4,8 +4,14 @@
 //! stderr piped and returns once the child prints [`READY`] on stdout (the
 //! mount is then visible), or fails with the child's error output. The child
 //! leaves the caller's session ([`detach`]) so that it outlives it.
+//!
+//! Once ready, the server points its stdout and stderr at a log file or
+//! `/dev/null` ([`redirect_output`]): the launcher exits right after the
+//! handshake, and a write to a pipe nobody reads is `EPIPE` (or `SIGPIPE`),
+//! which would kill or wedge a server that logs.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 /// The line a server prints on stdout once its mount is ready.
@@ -63,4 +69,29 @@ pub fn notify_ready() {
 /// signals to the caller's terminal do not reach the server.
 pub fn detach() {
     let _ = rustix::process::setsid();
+}
+
+/// In the server, right after [`notify_ready`]: stdout goes to `/dev/null`
+/// and stderr (where the server logs) is appended to `log`, created `0600`
+/// if missing, or goes to `/dev/null` when `log` is `None`. If `log` cannot
+/// be opened, stderr goes to `/dev/null` too and the error is returned.
+pub fn redirect_output(log: Option<&Path>) -> std::io::Result<()> {
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    rustix::stdio::dup2_stdout(&null)?;
+    let opened = log.map(|p| {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(p)
+    });
+    match opened {
+        Some(Ok(f)) => Ok(rustix::stdio::dup2_stderr(&f)?),
+        Some(Err(e)) => {
+            rustix::stdio::dup2_stderr(&null)?;
+            Err(e)
+        }
+        None => Ok(rustix::stdio::dup2_stderr(&null)?),
+    }
 }

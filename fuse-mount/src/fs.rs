@@ -759,9 +759,7 @@ impl OverlayFs {
                     rfs::mknodat(work, &tmp, kind, mode, st.st_rdev)?;
                 }
             }
-            if node.kind != FileType::Symlink {
-                copy_xattrs(&proc_path(&*src_fd), work, &tmp)?;
-            }
+            copy_xattrs(&proc_path(&*src_fd), work, &tmp)?;
             rfs::chownat(
                 work,
                 &tmp,
@@ -1598,10 +1596,12 @@ impl OverlayFs {
 
     // ---- xattrs, statfs, access ----------------------------------------------------
 
+    /// The /proc magic link of the node's `O_PATH` fd. Path-based xattr
+    /// calls through it reach the inode itself, a symlink's too (the magic
+    /// link is followed, the symlink it lands on is not), so symlinks behave
+    /// as on the backing fs: `trusted.*`/`security.*` work, `user.*` is
+    /// refused by the VFS as on overlayfs.
     fn xattr_path(&self, node: &Node) -> OpResult<String> {
-        if node.kind == FileType::Symlink {
-            return Err(Errno::NOTSUP);
-        }
         Ok(proc_path(&*self.node_fd(node)?.0))
     }
 
@@ -1611,9 +1611,6 @@ impl OverlayFs {
             return Err(Errno::NODATA);
         }
         let node = self.node(ino)?;
-        if node.kind == FileType::Symlink {
-            return Err(Errno::NODATA);
-        }
         let path = self.xattr_path(&node)?;
         let mut buf = vec![0u8; 4096];
         loop {
@@ -1631,9 +1628,6 @@ impl OverlayFs {
     /// `listxattr` (overlay-private names are hidden).
     pub fn op_listxattr(&self, ino: u64) -> OpResult<Vec<u8>> {
         let node = self.node(ino)?;
-        if node.kind == FileType::Symlink {
-            return Ok(Vec::new());
-        }
         let path = self.xattr_path(&node)?;
         let raw = list_xattrs(&path)?;
         let mut out = Vec::new();
@@ -1746,7 +1740,8 @@ fn list_xattrs(path: &str) -> OpResult<Vec<u8>> {
     }
 }
 
-/// Copies user-visible xattrs from `src` (a path) to `name` in `dir`.
+/// Copies user-visible xattrs from `src` (a path; a /proc magic link of a
+/// symlink reaches the symlink) to `name` in `dir` (not followed).
 fn copy_xattrs(src: &str, dir: &OwnedFd, name: &str) -> OpResult<()> {
     let names = match list_xattrs(src) {
         Ok(n) => n,

@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod overlay;
+pub mod podman;
 pub mod registry;
 pub mod service;
 pub mod store;

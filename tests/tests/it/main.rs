@@ -2,10 +2,13 @@
 mod archive_bad;
 mod archive_containerd;
 mod archive_load;
+mod archive_podman;
 mod archive_roundtrip;
 mod overlay_cli;
 mod overlay_compare;
+mod overlay_detach;
 mod overlay_layers;
+mod overlay_podman;
 mod overlay_pjdfstest;
 mod overlay_programs;
 mod overlay_stress;

@@ -260,3 +260,159 @@ fn oci_whiteout_markers_mean_what_native_whiteouts_mean() -> Result<()> {
         "kernel over native layers vs lamina over marker layers",
     )
 }
+
+/// One xattr call on a symlink (never followed), as `Ok(value or names)` or
+/// the errno.
+fn symlink_xattr_ops(root: &Path) -> Vec<(String, Result<Vec<u8>, i32>)> {
+    use rustix::fs::{XattrFlags, lgetxattr, llistxattr, lremovexattr, lsetxattr};
+    let get = |p: &str, n: &str| {
+        let mut buf = vec![0u8; 256];
+        lgetxattr(&root.join(p), n, &mut buf[..]).map(|len| buf[..len].to_vec())
+    };
+    let list = |p: &str| {
+        let mut buf = vec![0u8; 1024];
+        llistxattr(&root.join(p), &mut buf[..]).map(|len| {
+            let mut names: Vec<&[u8]> = buf[..len]
+                .split(|&b| b == 0)
+                .filter(|n| !n.is_empty() && !n.starts_with(b"trusted.overlay."))
+                .collect();
+            names.sort();
+            names.join(&b","[..])
+        })
+    };
+    let set = |p: &str, n: &str, v: &[u8]| {
+        lsetxattr(&root.join(p), n, v, XattrFlags::empty()).map(|()| Vec::new())
+    };
+    let remove = |p: &str, n: &str| lremovexattr(&root.join(p), n).map(|()| Vec::new());
+    let steps: Vec<(&str, rustix::io::Result<Vec<u8>>)> = vec![
+        ("get trusted of a lower symlink", get("sym", "trusted.note")),
+        (
+            "get security of a lower symlink",
+            get("sym", "security.mark"),
+        ),
+        ("list a lower symlink", list("sym")),
+        ("get a missing name", get("sym", "trusted.absent")),
+        ("set user. on a symlink", set("sym", "user.x", b"1")),
+        ("get user. of a symlink", get("sym", "user.x")),
+        ("remove a missing name", remove("sym", "trusted.absent")),
+        (
+            "set trusted. on a lower symlink",
+            set("sym", "trusted.new", b"n"),
+        ),
+        (
+            "remove trusted. of a copied-up symlink",
+            remove("sym", "trusted.note"),
+        ),
+        ("list after the changes", list("sym")),
+        (
+            "get from a symlink in a lower dir",
+            get("d/inner", "trusted.deep"),
+        ),
+        ("create flag on an existing name", {
+            lsetxattr(
+                &root.join("d/inner"),
+                "trusted.deep",
+                b"x",
+                XattrFlags::CREATE,
+            )
+            .map(|()| Vec::new())
+        }),
+        ("set security. on a new symlink", {
+            symlink("nowhere", root.join("fresh"))
+                .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap())
+                .and_then(|()| set("fresh", "security.mark", b"s"))
+        }),
+        ("list a new symlink", list("fresh")),
+        ("the symlink's target is unchanged", {
+            std::fs::read_link(root.join("sym"))
+                .map(|t| t.into_os_string().into_encoded_bytes())
+                .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap())
+        }),
+    ];
+    steps
+        .into_iter()
+        .map(|(what, r)| (what.to_string(), r.map_err(|e| e.raw_os_error())))
+        .collect()
+}
+
+#[test]
+fn symlink_xattrs_match_kernel_overlayfs() -> Result<()> {
+    if !fuse_available() || !kernel_overlay_available() {
+        eprintln!("SKIP overlay_compare: needs root, /dev/fuse and kernel overlayfs");
+        return Ok(());
+    }
+    use rustix::fs::{XattrFlags, lsetxattr};
+    let tmp = tempfile::tempdir()?;
+    let base = tmp.path();
+    let (top, low) = (base.join("l1"), base.join("l2"));
+    std::fs::create_dir_all(low.join("d"))?;
+    std::fs::create_dir_all(&top)?;
+    symlink("target/file", low.join("sym"))?;
+    lsetxattr(
+        &low.join("sym"),
+        "trusted.note",
+        b"lower",
+        XattrFlags::empty(),
+    )?;
+    lsetxattr(&low.join("sym"), "security.mark", b"m", XattrFlags::empty())?;
+    symlink("../sym", low.join("d/inner"))?;
+    lsetxattr(
+        &low.join("d/inner"),
+        "trusted.deep",
+        b"deep",
+        XattrFlags::empty(),
+    )?;
+    symlink("x", top.join("top_sym"))?;
+    let layers = vec![top, low];
+    for d in ["ku", "kw", "fu", "fw"] {
+        std::fs::create_dir_all(base.join(d))?;
+    }
+    let k = KernelMount::mount(
+        &layers,
+        Some((&base.join("ku"), &base.join("kw"))),
+        &base.join("k"),
+    )?;
+    let f = LaminaMount::mount(
+        &layers,
+        Some((&base.join("fu"), &base.join("fw"))),
+        &base.join("f"),
+    )?;
+    assert_same_tree(
+        &snapshot(&k.dir)?,
+        &snapshot(&f.dir)?,
+        "symlink xattrs before changes (kernel vs lamina)",
+    )?;
+    let kr = symlink_xattr_ops(&k.dir);
+    let fr = symlink_xattr_ops(&f.dir);
+    for ((what, kv), (_, fv)) in kr.iter().zip(&fr) {
+        eprintln!("{what}: kernel {kv:?} lamina {fv:?}");
+    }
+    for ((what, kv), (_, fv)) in kr.iter().zip(&fr) {
+        ensure!(kv == fv, "{what}: kernel {kv:?}, lamina {fv:?}");
+    }
+    // The cases mean something: the lower value reads back, user. is refused.
+    ensure!(
+        kr[0].1 == Ok(b"lower".to_vec()),
+        "kernel reads {:?}",
+        kr[0].1
+    );
+    ensure!(
+        kr[4].1 == Err(libc::EPERM),
+        "kernel refuses user.: {:?}",
+        kr[4].1
+    );
+    assert_same_tree(
+        &no_times(snapshot(&k.dir)?),
+        &no_times(snapshot(&f.dir)?),
+        "symlink xattrs after the same changes (kernel vs lamina)",
+    )?;
+    // The copied-up symlinks in the two uppers carry the same xattrs.
+    for p in ["sym", "fresh"] {
+        let (ku, fu) = (base.join("ku").join(p), base.join("fu").join(p));
+        let kx = lamina_tests::tree::xattrs(&ku)?;
+        let fx = lamina_tests::tree::xattrs(&fu)?;
+        ensure!(kx == fx, "upper {p}: kernel {kx:?}, lamina {fx:?}");
+        ensure!(std::fs::symlink_metadata(&fu)?.file_type().is_symlink());
+    }
+    Ok(())
+}

@@ -6,13 +6,22 @@
 //! `mount -t fuse.lamina-overlayfs SRC DIR`), `-f` to stay in the foreground.
 //! Without `-f` it returns once the mount is ready, with the server running
 //! in the background (what podman's `mount_program` expects). Options it does
-//! not know are ignored with a warning.
+//! not know are ignored with a warning, as fuse-overlayfs's own options that
+//! change nothing here (`fsync=0`, `noacl`, `fast_ino`, ...) are ignored
+//! quietly: a mount never fails on an option. Options are split on commas
+//! outside double quotes (`context="a,b"`), and `\,` / `\:` escape a comma or
+//! a colon in a path.
+//!
+//! The background server logs (`LAMINA_LOG`, default `warn`) to the file named
+//! by `LAMINA_OVERLAYFS_LOG`, else to `/dev/null`: once the mount is ready its
+//! launcher exits, and nothing may go to the launcher's pipes any more.
 
 use lamina_fuse::{OverlayConfig, daemon};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const CHILD_ENV: &str = "LAMINA_OVERLAYFS_SERVER";
+const LOG_ENV: &str = "LAMINA_OVERLAYFS_LOG";
 
 struct Opts {
     lowers: Vec<PathBuf>,
@@ -22,6 +31,7 @@ struct Opts {
     foreground: bool,
     threads: Option<usize>,
     passthrough: bool,
+    uring: lamina_fuse::Uring,
     mountpoint: PathBuf,
     source: String,
 }
@@ -39,6 +49,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         foreground: false,
         threads: None,
         passthrough: true,
+        uring: lamina_fuse::Uring::default(),
         mountpoint: PathBuf::new(),
         source: "lamina-overlayfs".into(),
     };
@@ -59,17 +70,27 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             _ => positional.push(a.clone()),
         }
     }
-    for opt in options.iter().flat_map(|s| s.split(',')) {
+    for opt in options.iter().flat_map(|s| split_unescaped(s, ',', true)) {
+        let opt = opt.as_str();
         let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
         match k {
-            "lowerdir" => o
-                .lowers
-                .extend(v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from)),
-            "upperdir" => o.upper = Some(PathBuf::from(v)),
-            "workdir" => o.work = Some(PathBuf::from(v)),
+            "lowerdir" => o.lowers.extend(
+                split_unescaped(v, ':', false)
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from),
+            ),
+            "upperdir" => o.upper = Some(PathBuf::from(unescape(v))),
+            "workdir" => o.work = Some(PathBuf::from(unescape(v))),
             "ro" => o.read_only = true,
             "threads" => o.threads = v.parse().ok(),
             "passthrough" => o.passthrough = v != "0" && v != "off",
+            // FUSE-over-io_uring: auto (default: when the kernel offers it),
+            // on (the mount fails if the kernel does not offer it), off.
+            "uring" => match v.parse() {
+                Ok(u) => o.uring = u,
+                Err(msg) => eprintln!("lamina-overlayfs: ignoring {msg}"),
+            },
             ""
             | "rw"
             | "dev"
@@ -83,7 +104,23 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             | "relatime"
             | "async"
             | "allow_other"
-            | "default_permissions" => {}
+            | "default_permissions"
+            // fuse-overlayfs options with nothing to do here: lamina always
+            // allocates stable inodes, keeps xattrs, syncs only on fsync, and
+            // the kernel enforces permissions.
+            | "fsync"
+            | "noacl"
+            | "fast_ino"
+            | "static_nlink"
+            | "volatile"
+            | "writeback"
+            | "timeout"
+            | "threaded"
+            | "redirect_dir"
+            | "context"
+            | "debug"
+            | "suid_dir"
+            | "xattr_permissions" => {}
             _ => eprintln!("lamina-overlayfs: ignoring unsupported option {opt}"),
         }
     }
@@ -106,7 +143,42 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     Ok(o)
 }
 
-fn serve(o: Opts) -> Result<(), String> {
+/// Splits `s` at `sep`, except where `sep` is escaped with a backslash or
+/// (with `quotes`) inside double quotes; an escaped `sep` loses its
+/// backslash, other escapes and the quotes are kept.
+fn split_unescaped(s: &str, sep: char, quotes: bool) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        let cur = out.last_mut().expect("never empty");
+        match c {
+            '\\' => match chars.next() {
+                Some(n) if n == sep => cur.push(n),
+                Some(n) => {
+                    cur.push('\\');
+                    cur.push(n);
+                }
+                None => cur.push('\\'),
+            },
+            '"' if quotes => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            c if c == sep && !quoted => out.push(String::new()),
+            c => cur.push(c),
+        }
+    }
+    out
+}
+
+/// Resolves a backslash-escaped `:` in a single path (`\,` was resolved
+/// when the options were split).
+fn unescape(s: &str) -> String {
+    s.replace("\\:", ":")
+}
+
+fn serve(o: Opts, background: bool) -> Result<(), String> {
     let upper = match (o.upper, o.work, o.read_only) {
         (Some(u), Some(w), false) => Some((u, w)),
         _ => None,
@@ -116,12 +188,40 @@ fn serve(o: Opts) -> Result<(), String> {
         cfg.threads = t;
     }
     cfg.passthrough = o.passthrough;
+    cfg.uring = o.uring;
     let mounted = lamina_fuse::mount(cfg, &o.mountpoint, &o.source).map_err(|e| e.to_string())?;
     daemon::notify_ready();
-    mounted.run().map_err(|e| e.to_string())
+    if background {
+        // The launcher exits now: nothing may go to its pipes any more.
+        let log = std::env::var_os(LOG_ENV).map(PathBuf::from);
+        if let Err(e) = daemon::redirect_output(log.as_deref()) {
+            tracing::warn!("cannot open the log file: {e}; logging to /dev/null");
+        }
+    }
+    tracing::info!(
+        "serving {} (pid {})",
+        o.mountpoint.display(),
+        std::process::id()
+    );
+    let mountpoint = o.mountpoint.clone();
+    let res = mounted.run().map_err(|e| e.to_string());
+    match &res {
+        Ok(()) => tracing::info!("{} unmounted; server exiting", mountpoint.display()),
+        Err(e) => tracing::error!("serving {} failed: {e}", mountpoint.display()),
+    }
+    res
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LAMINA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        // The background server's stderr becomes a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match parse(&args) {
         Ok(o) => o,
@@ -130,11 +230,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if opts.foreground || std::env::var_os(CHILD_ENV).is_some() {
-        if std::env::var_os(CHILD_ENV).is_some() {
+    let background = std::env::var_os(CHILD_ENV).is_some();
+    if opts.foreground || background {
+        if background {
             daemon::detach();
         }
-        return match serve(opts) {
+        return match serve(opts, background) {
             Ok(()) => ExitCode::SUCCESS,
             Err(msg) => {
                 eprintln!("lamina-overlayfs: {msg}");
@@ -151,5 +252,57 @@ fn main() -> ExitCode {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn podman_option_string_parses() {
+        // What containers/storage passes as mount_program, with a trailing
+        // comma, fuse-overlayfs-only options and an SELinux context.
+        let o = parse(&args(&[
+            "-o",
+            "lowerdir=/s/l/A:/s/l/B,upperdir=/s/c/diff,workdir=/s/c/work,,fsync=0,noacl,\
+             context=\"system_u:object_r:container_file_t:s0:c1,c2\",volatile",
+            "/s/c/merged",
+        ]))
+        .unwrap();
+        assert_eq!(o.lowers, vec![PathBuf::from("/s/l/A"), "/s/l/B".into()]);
+        assert_eq!(o.upper, Some("/s/c/diff".into()));
+        assert_eq!(o.work, Some("/s/c/work".into()));
+        assert_eq!(o.mountpoint, PathBuf::from("/s/c/merged"));
+    }
+
+    #[test]
+    fn escaped_separators_stay_in_paths() {
+        let o = parse(&args(&[
+            "-o",
+            r"lowerdir=/a\:b:/c\,d,upperdir=/u\:1,workdir=/w",
+            "src",
+            "/m",
+        ]))
+        .unwrap();
+        assert_eq!(o.lowers, vec![PathBuf::from("/a:b"), "/c,d".into()]);
+        assert_eq!(o.upper, Some("/u:1".into()));
+        assert_eq!(o.source, "src");
+    }
+
+    #[test]
+    fn unknown_options_never_fail_the_parse() {
+        let o = parse(&args(&[
+            "-o",
+            "lowerdir=/l,frobnicate=7,squash_to_root",
+            "/m",
+        ]))
+        .unwrap();
+        assert_eq!(o.lowers, vec![PathBuf::from("/l")]);
+        assert!(parse(&args(&["-o", "upperdir=/u,workdir=/w", "/m"])).is_err());
     }
 }

@@ -6,6 +6,10 @@
 //! (see `lamina_fuse::daemon`). Each mount leaves a record in
 //! `<root>/mounts/<hex of the mount point>.json` (driver, server pid,
 //! container id) that `umount`, `ps` and `rm` read.
+//!
+//! Once ready, the FUSE server writes what it logs (`LAMINA_LOG`, default
+//! `warn`) to `<root>/mounts/<hex of the mount point>.log`, never to the pipes
+//! of the `mount` that started it (which has exited by then).
 
 use crate::context::Context;
 use anyhow::Context as _;
@@ -53,6 +57,11 @@ fn record_path(ctx: &Context, dir: &Path) -> PathBuf {
         .map(|b| format!("{b:02x}"))
         .collect();
     records_dir(ctx).join(format!("{hex}.json"))
+}
+
+/// Where the FUSE server of the mount at `dir` logs once it is ready.
+pub fn log_path(ctx: &Context, dir: &Path) -> PathBuf {
+    record_path(ctx, dir).with_extension("log")
 }
 
 /// Mount records of this store (stale ones included).
@@ -263,6 +272,11 @@ fn mount_fuse(
         cmd.arg("--upper").arg(u).arg("--work").arg(w);
     }
     cmd.arg("--fsname").arg(format!("lamina:{target}"));
+    // A fresh log per mount.
+    std::fs::create_dir_all(records_dir(ctx))?;
+    let log = log_path(ctx, dir);
+    let _ = std::fs::remove_file(&log);
+    cmd.arg("--log").arg(&log);
     let child = lamina_fuse::daemon::spawn_and_wait(cmd).with_context(|| {
         format!(
             "mounting {target} at {} with the FUSE driver",
@@ -358,6 +372,9 @@ pub struct ServeArgs {
     /// Mount source shown in the mount table.
     #[arg(long, default_value = "lamina")]
     pub fsname: String,
+    /// Log file for stderr once the mount is ready (default: /dev/null).
+    #[arg(long)]
+    pub log: Option<PathBuf>,
 }
 
 /// Serves a mount in the foreground until it is unmounted.
@@ -367,6 +384,20 @@ pub fn serve(_ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     let cfg = lamina_fuse::OverlayConfig::new(args.lowers, upper);
     let mounted = lamina_fuse::mount(cfg, &args.dir, &args.fsname)?;
     lamina_fuse::daemon::notify_ready();
-    mounted.run()?;
+    // The launcher exits now: nothing may go to its pipes any more.
+    if let Err(e) = lamina_fuse::daemon::redirect_output(args.log.as_deref()) {
+        tracing::warn!("cannot open the log file: {e}; logging to /dev/null");
+    }
+    tracing::info!(
+        "serving {} (pid {})",
+        args.dir.display(),
+        std::process::id()
+    );
+    let res = mounted.run();
+    match &res {
+        Ok(()) => tracing::info!("{} unmounted; server exiting", args.dir.display()),
+        Err(e) => tracing::error!("serving {} failed: {e}", args.dir.display()),
+    }
+    res?;
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! `lamina umount`: unmount a lamina mount; also cleans up after a serving
 //! process that died (the kernel mount is detached, the upper dir is left as
-//! it is on disk).
+//! it is on disk). The server's log stays in `<root>/mounts/` until the next
+//! mount at the same dir.
 
-use super::mount::{absolute, is_mounted, record, release_layer_refs, remove_record};
+use super::mount::{absolute, is_mounted, log_path, record, release_layer_refs, remove_record};
 use crate::context::Context;
 use rustix::mount::{UnmountFlags, unmount};
 use std::time::{Duration, Instant};
@@ -40,6 +41,14 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         );
     };
     let server = rec.pid.filter(|&p| alive(p));
+    let log = log_path(ctx, &dir);
+    if rec.pid.is_some() && server.is_none() {
+        eprintln!(
+            "lamina: the server of {} had died; detaching the mount (its log: {})",
+            dir.display(),
+            log.display()
+        );
+    }
     match unmount(&dir, UnmountFlags::empty()) {
         Ok(()) => {}
         Err(e) if server.is_none() => {
