@@ -267,11 +267,11 @@ fn symlink_xattr_ops(root: &Path) -> Vec<(String, Result<Vec<u8>, i32>)> {
     use rustix::fs::{XattrFlags, lgetxattr, llistxattr, lremovexattr, lsetxattr};
     let get = |p: &str, n: &str| {
         let mut buf = vec![0u8; 256];
-        lgetxattr(&root.join(p), n, &mut buf[..]).map(|len| buf[..len].to_vec())
+        lgetxattr(root.join(p), n, &mut buf[..]).map(|len| buf[..len].to_vec())
     };
     let list = |p: &str| {
         let mut buf = vec![0u8; 1024];
-        llistxattr(&root.join(p), &mut buf[..]).map(|len| {
+        llistxattr(root.join(p), &mut buf[..]).map(|len| {
             let mut names: Vec<&[u8]> = buf[..len]
                 .split(|&b| b == 0)
                 .filter(|n| !n.is_empty() && !n.starts_with(b"trusted.overlay."))
@@ -281,9 +281,9 @@ fn symlink_xattr_ops(root: &Path) -> Vec<(String, Result<Vec<u8>, i32>)> {
         })
     };
     let set = |p: &str, n: &str, v: &[u8]| {
-        lsetxattr(&root.join(p), n, v, XattrFlags::empty()).map(|()| Vec::new())
+        lsetxattr(root.join(p), n, v, XattrFlags::empty()).map(|()| Vec::new())
     };
-    let remove = |p: &str, n: &str| lremovexattr(&root.join(p), n).map(|()| Vec::new());
+    let remove = |p: &str, n: &str| lremovexattr(root.join(p), n).map(|()| Vec::new());
     let steps: Vec<(&str, rustix::io::Result<Vec<u8>>)> = vec![
         ("get trusted of a lower symlink", get("sym", "trusted.note")),
         (
@@ -310,7 +310,7 @@ fn symlink_xattr_ops(root: &Path) -> Vec<(String, Result<Vec<u8>, i32>)> {
         ),
         ("create flag on an existing name", {
             lsetxattr(
-                &root.join("d/inner"),
+                root.join("d/inner"),
                 "trusted.deep",
                 b"x",
                 XattrFlags::CREATE,
@@ -349,15 +349,15 @@ fn symlink_xattrs_match_kernel_overlayfs() -> Result<()> {
     std::fs::create_dir_all(&top)?;
     symlink("target/file", low.join("sym"))?;
     lsetxattr(
-        &low.join("sym"),
+        low.join("sym"),
         "trusted.note",
         b"lower",
         XattrFlags::empty(),
     )?;
-    lsetxattr(&low.join("sym"), "security.mark", b"m", XattrFlags::empty())?;
+    lsetxattr(low.join("sym"), "security.mark", b"m", XattrFlags::empty())?;
     symlink("../sym", low.join("d/inner"))?;
     lsetxattr(
-        &low.join("d/inner"),
+        low.join("d/inner"),
         "trusted.deep",
         b"deep",
         XattrFlags::empty(),
