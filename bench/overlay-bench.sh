@@ -3,6 +3,13 @@
 # the same lower dirs, via ../shared/bench/overlay-bench.sh; prints a table with
 # ratios (lamina / kernel and lamina / fuse-overlayfs), median of RUNS runs.
 #
+# lamina runs two ways where the kernel can do FUSE-over-io_uring
+# (/sys/module/fuse/parameters/enable_uring exists): `lamina-uring`
+# (-o uring=on) and `lamina-devfuse` (-o uring=off), one after the other in
+# every run (A/B back to back, so a loaded machine hits both alike). The
+# script sets enable_uring=Y for its run and restores the old value on exit.
+# Without FUSE io_uring only the lamina-devfuse row is measured.
+#
 # Usage: bench/overlay-bench.sh [LOWER1:LOWER2...]
 #   default lowers: a Debian + python3 tree (/var/tmp/lamina-test-debian, built by
 #   the tests with debootstrap). Env: RUNS (default 3), SHARED_BENCH (path to the
@@ -20,37 +27,62 @@ if [ -z "${LAMINA_OVERLAYFS:-}" ]; then
   LAMINA_OVERLAYFS=$here/target/release/lamina-overlayfs
 fi
 [ -x "$SHARED" ] || { echo "shared bench script not found: $SHARED" >&2; exit 1; }
+
+param=/sys/module/fuse/parameters/enable_uring
+modes=(devfuse)
+if [ -e "$param" ]; then
+  old=$(cat "$param")
+  echo Y > "$param"
+  modes=(uring devfuse)
+else
+  echo "this kernel has no FUSE io_uring ($param missing): lamina over /dev/fuse only" >&2
+fi
+
+# One wrapper per mode: the shared script names a row after its program.
+wrappers=$(mktemp -d)
 out=$(mktemp)
-for i in $(seq 1 "$RUNS"); do
-  echo "run $i/$RUNS ..." >&2
-  bash "$SHARED" "$LOWERS" "$LAMINA_OVERLAYFS" | tee -a "$out" >&2
+trap 'rm -rf "$wrappers" "$out"; [ -n "${old:-}" ] && echo "$old" > "$param"; true' EXIT
+for m in "${modes[@]}"; do
+  opt=off; [ "$m" = uring ] && opt=on
+  printf '#!/bin/sh\nexec "%s" -o uring=%s "$@"\n' "$LAMINA_OVERLAYFS" "$opt" > "$wrappers/lamina-$m"
+  chmod +x "$wrappers/lamina-$m"
 done
-awk -v runs="$RUNS" '
+
+for i in $(seq 1 "$RUNS"); do
+  for m in "${modes[@]}"; do
+    echo "run $i/$RUNS (lamina-$m) ..." >&2
+    bash "$SHARED" "$LOWERS" "$wrappers/lamina-$m" | tee -a "$out" >&2
+  done
+done
+awk '
   function median(a, n,   i, j, t) {
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
     return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
   }
   {
-    d = $1; if (d == "kernel-overlayfs") d = "kernel"; else if (d != "fuse-overlayfs") d = "lamina";
+    d = $1; if (d == "kernel-overlayfs") d = "kernel";
     for (f = 2; f <= NF; f++) {
       split($f, kv, "="); k = kv[1];
       if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
       cnt[d, k]++; val[d, k, cnt[d, k]] = kv[2] + 0
     }
   }
+  function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%9.2fx", a / b) : sprintf("%10s", "-") }
   END {
-    printf "%-18s %9s %9s %9s %11s %11s\n", "test (s, median)", "kernel", "fuse-ovl", "lamina", "lam/kernel", "lam/fuseovl"
+    printf "%-16s %8s %8s %8s %8s %10s %10s %10s %10s\n", "test (s, median)", "kernel", "fuse-ovl",
+      "l-uring", "l-devfuse", "uring/kern", "devf/kern", "uring/fovl", "devf/fovl"
+    split("kernel fuse-overlayfs lamina-uring lamina-devfuse", ds, " ")
     for (i = 1; i <= nk; i++) {
       k = order[i]
-      for (d in drivers) delete drivers[d]
-      split("kernel fuse-overlayfs lamina", ds, " ")
-      for (j = 1; j <= 3; j++) {
+      for (j = 1; j <= 4; j++) {
         n = cnt[ds[j], k]; delete tmp
         for (r = 1; r <= n; r++) tmp[r] = val[ds[j], k, r]
         m[ds[j]] = n ? median(tmp, n) : -1
       }
-      printf "%-18s %9.3f %9.3f %9.3f %10.2fx %10.2fx\n", k, m["kernel"], m["fuse-overlayfs"], m["lamina"],
-        (m["kernel"] > 0 ? m["lamina"] / m["kernel"] : 0), (m["fuse-overlayfs"] > 0 ? m["lamina"] / m["fuse-overlayfs"] : 0)
+      printf "%-16s %8.3f %8.3f %8.3f %8.3f %s %s %s %s\n", k, m["kernel"], m["fuse-overlayfs"],
+        m["lamina-uring"], m["lamina-devfuse"],
+        ratio(m["lamina-uring"], m["kernel"]), ratio(m["lamina-devfuse"], m["kernel"]),
+        ratio(m["lamina-uring"], m["fuse-overlayfs"]), ratio(m["lamina-devfuse"], m["fuse-overlayfs"])
     }
+    print "(-1 / - : not measured; lamina-uring is measured only where the kernel has FUSE io_uring)"
   }' "$out"
-rm -f "$out"

@@ -123,6 +123,8 @@ pub struct OverlayConfig {
     pub threads: usize,
     /// Use kernel FUSE passthrough for open files when the kernel allows.
     pub passthrough: bool,
+    /// Serve requests over FUSE-over-io_uring (see [`crate::Uring`]).
+    pub uring: crate::Uring,
 }
 
 impl OverlayConfig {
@@ -137,6 +139,7 @@ impl OverlayConfig {
             ttl: std::time::Duration::from_secs(86400),
             threads: (cpus * 2).clamp(4, 16),
             passthrough: true,
+            uring: crate::Uring::default(),
         }
     }
 }

@@ -14,6 +14,14 @@
 //! (they are copied up whole first, never EXDEV); inode numbers are allocated
 //! by the mount and stay stable for a file's life within the mount.
 //!
+//! Requests travel over /dev/fuse, or, where the kernel offers it
+//! (`/sys/module/fuse/parameters/enable_uring` = Y, Linux 6.14+), over
+//! FUSE-over-io_uring: one queue per possible CPU, each served by a thread
+//! pinned to that CPU, so a request is answered on the CPU that made it
+//! without a cross-CPU wakeup ([`Uring`]; lamina's vendored fuser,
+//! vendor/fuser/LAMINA-PATCHES.md). FORGET, INTERRUPT and the requests before
+//! the queues are registered still use /dev/fuse.
+//!
 //! ```no_run
 //! # fn main() -> lamina_fuse::Result<()> {
 //! use lamina_fuse::{OverlayConfig, mount};
@@ -36,19 +44,49 @@ pub use fs::{OverlayConfig, OverlayFs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A live mount: the kernel has accepted it; [`Mounted::run`] serves it.
+/// Whether a mount serves FUSE requests over io_uring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Uring {
+    /// Use io_uring when the kernel offers it, /dev/fuse otherwise.
+    #[default]
+    Auto,
+    /// Require io_uring: mounting fails if the kernel does not offer it.
+    On,
+    /// Only /dev/fuse.
+    Off,
+}
+
+/// Where the kernel's switch for FUSE-over-io_uring lives.
+pub const ENABLE_URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+impl std::str::FromStr for Uring {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Uring::Auto),
+            "on" | "1" | "yes" | "true" => Ok(Uring::On),
+            "off" | "0" | "no" | "false" => Ok(Uring::Off),
+            _ => Err(format!("uring={s}: use auto, on or off")),
+        }
+    }
+}
+
+/// A live mount: the kernel has accepted it and its server threads run;
+/// [`Mounted::run`] waits until it is unmounted.
 pub struct Mounted {
-    session: fuser::Session<fuse::Fuse>,
+    background: fuser::BackgroundSession,
     mountpoint: PathBuf,
 }
 
-/// Mounts the overlay at `mountpoint`. Returns once the kernel has
-/// completed the FUSE handshake, so the mount is visible; requests queue
-/// until [`Mounted::run`] serves them. `fsname` shows as the mount source.
+/// Mounts the overlay at `mountpoint` and starts serving it. Returns once
+/// the kernel has completed the FUSE handshake, so the mount is visible, and,
+/// with io_uring, once its queues are registered (so every request after
+/// this uses them). `fsname` shows as the mount source.
 pub fn mount(config: OverlayConfig, mountpoint: &Path, fsname: &str) -> Result<Mounted> {
     prepare_process();
     let read_only = config.upper.is_none();
     let threads = config.threads.max(1);
+    let uring = config.uring;
     let fs = Arc::new(OverlayFs::new(config)?);
     let mut opts = vec![
         fuser::MountOption::FSName(fsname.to_string()),
@@ -65,14 +103,55 @@ pub fn mount(config: OverlayConfig, mountpoint: &Path, fsname: &str) -> Result<M
     cfg.acl = fuser::SessionACL::All;
     cfg.n_threads = Some(threads);
     cfg.clone_fd = true;
-    let session = fuser::Session::new(fuse::Fuse { fs }, mountpoint, &cfg).map_err(|source| {
-        Error::Mount {
-            path: mountpoint.to_path_buf(),
-            source,
+    cfg.io_uring = match uring {
+        Uring::Auto => fuser::UringMode::IfOffered,
+        Uring::On => fuser::UringMode::Required,
+        Uring::Off => fuser::UringMode::Off,
+    };
+    let mut session =
+        fuser::Session::new(fuse::Fuse { fs }, mountpoint, &cfg).map_err(|source| {
+            Error::Mount {
+                path: mountpoint.to_path_buf(),
+                source,
+            }
+        })?;
+    if uring == Uring::On && !session.io_uring() {
+        // Dropping the fresh session unmounts it again.
+        drop(session);
+        return Err(Error::Config(format!(
+            "uring=on, but the kernel does not offer FUSE over io_uring for {}: \
+             enable it with `echo Y > {ENABLE_URING_PARAM}` (as root; Linux 6.14+ built \
+             with CONFIG_FUSE_IO_URING), or mount with uring=auto or uring=off",
+            mountpoint.display()
+        )));
+    }
+    let registered = session.io_uring_ready();
+    let serve_err = |source| Error::Serve {
+        path: mountpoint.to_path_buf(),
+        source,
+    };
+    let background = session.spawn().map_err(serve_err)?;
+    if let Some(rx) = registered {
+        // The server thread answers as soon as the queues are registered (or not).
+        let res = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::other(
+                    "the FUSE io_uring queues were not registered within 30 s",
+                ))
+            });
+        match res {
+            Ok(()) => tracing::debug!("{}: serving over FUSE io_uring", mountpoint.display()),
+            // Dropping the background session unmounts the fresh mount.
+            Err(e) if uring == Uring::On => return Err(serve_err(e)),
+            Err(e) => tracing::warn!(
+                "{}: {e}; serving through /dev/fuse instead",
+                mountpoint.display()
+            ),
         }
-    })?;
+    }
     Ok(Mounted {
-        session,
+        background,
         mountpoint: mountpoint.to_path_buf(),
     })
 }
@@ -97,7 +176,7 @@ impl Mounted {
             path: path.clone(),
             source,
         };
-        let background = self.session.spawn().map_err(serve_err)?;
+        let background = self.background;
         // Never dropped: dropping it would unmount by path (see above).
         let background: &'static mut fuser::BackgroundSession = Box::leak(Box::new(background));
         let guard = std::mem::replace(&mut background.guard, std::thread::spawn(|| Ok(())));

@@ -1,11 +1,27 @@
-//! lamina's patched fuser: the mount shows its subtype (`fuse.lamina`).
+//! lamina's patched fuser: the mount shows its subtype (`fuse.lamina`), and
+//! FUSE-over-io_uring (`uring=on`) serves the same filesystem as /dev/fuse.
+//!
+//! The io_uring tests switch the kernel's opt-in on
+//! (`/sys/module/fuse/parameters/enable_uring` = Y, left on: connections
+//! made meanwhile by other tests then use io_uring too, as `uring=auto` is
+//! the default) and skip loudly where the kernel has no FUSE io_uring. Each
+//! checks through the server's io_uring fds (`/proc/PID/fdinfo`: completions
+//! per ring) that the requests really went through io_uring.
 
-use anyhow::{Result, ensure};
-use lamina_tests::overlay::{LaminaMount, fuse_available};
+use anyhow::{Context as _, Result, bail, ensure};
+use lamina_tests::overlay::{
+    KernelMount, LaminaMount, Tree, assert_same_tree, edge_layers, fuse_available, have,
+    kernel_overlay_available, run, snapshot,
+};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
 /// The fstype field (after the ` - ` separator) of `dir`'s line in
 /// /proc/self/mountinfo.
-fn mount_fstype(dir: &std::path::Path) -> Option<String> {
+fn mount_fstype(dir: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = dir.to_str()?;
     info.lines().rev().find_map(|l| {
@@ -36,6 +52,536 @@ fn a_lamina_mount_shows_its_subtype() -> Result<()> {
         fstype.as_deref() == Some("fuse.lamina"),
         "fstype of {} in /proc/self/mountinfo: {fstype:?}, expected fuse.lamina",
         m.dir.display()
+    );
+    Ok(())
+}
+
+/// Turns the kernel's FUSE io_uring opt-in on; `false` (after saying why)
+/// when this kernel has none or it cannot be set.
+fn enable_uring(test: &str) -> bool {
+    if !fuse_available() {
+        eprintln!("SKIP overlay_uring::{test}: needs root and /dev/fuse");
+        return false;
+    }
+    if !Path::new(ENABLE_URING).exists() {
+        eprintln!(
+            "SKIP overlay_uring::{test}: this kernel has no FUSE io_uring ({ENABLE_URING} missing; needs Linux 6.14+ with CONFIG_FUSE_IO_URING)"
+        );
+        return false;
+    }
+    if std::fs::read_to_string(ENABLE_URING).is_ok_and(|s| s.trim() == "Y") {
+        return true;
+    }
+    if let Err(e) = std::fs::write(ENABLE_URING, "Y") {
+        eprintln!("SKIP overlay_uring::{test}: cannot set {ENABLE_URING}: {e}");
+        return false;
+    }
+    true
+}
+
+/// `lamina-overlayfs -o lowerdir=...[,upperdir,workdir],uring=MODE DIR`.
+fn mount_uring(
+    lowers: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+    dir: &Path,
+    mode: &str,
+) -> Result<LaminaMount> {
+    std::fs::create_dir_all(dir)?;
+    let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    let mut opts = format!("lowerdir={},uring={mode}", lower.join(":"));
+    if let Some((u, w)) = upper {
+        std::fs::create_dir_all(u)?;
+        std::fs::create_dir_all(w)?;
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            u.display(),
+            w.display()
+        ));
+    }
+    run(Command::new(lamina_tests::bin("lamina-overlayfs"))
+        .arg("-o")
+        .arg(&opts)
+        .arg(dir))?;
+    Ok(LaminaMount {
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// The pid of the `lamina-overlayfs` server of the mount at `dir`.
+fn server_pid(dir: &Path) -> Result<u32> {
+    let want = dir.as_os_str().as_encoded_bytes();
+    for e in std::fs::read_dir("/proc")? {
+        let e = e?;
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args
+            .first()
+            .is_some_and(|a| a.ends_with(b"lamina-overlayfs"))
+            && args.contains(&want)
+        {
+            return Ok(pid);
+        }
+    }
+    bail!("no lamina-overlayfs server for {}", dir.display())
+}
+
+/// Completions posted so far on each io_uring of `pid` (`CqTail` in fdinfo).
+fn uring_completions(pid: u32) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let e = e?;
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if target.to_string_lossy() != "anon_inode:[io_uring]" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ))?;
+        let tail = info
+            .lines()
+            .find_map(|l| l.strip_prefix("CqTail:"))
+            .context("no CqTail in io_uring fdinfo")?;
+        out.push(tail.trim().parse()?);
+    }
+    Ok(out)
+}
+
+fn possible_cpus() -> usize {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    s.trim()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0),
+            None => 1,
+        })
+        .sum()
+}
+
+/// Runs `f` and returns how many requests the server of `dir` answered
+/// through io_uring meanwhile (one completion per request).
+fn uring_requests_during(dir: &Path, f: impl FnOnce() -> Result<()>) -> Result<u64> {
+    let pid = server_pid(dir)?;
+    let before: u64 = uring_completions(pid)?.iter().sum();
+    f()?;
+    let after: u64 = uring_completions(pid)?.iter().sum();
+    Ok(after - before)
+}
+
+fn stat_missing(dir: &Path, n: usize) -> Result<()> {
+    for i in 0..n {
+        match std::fs::symlink_metadata(dir.join(format!("nope{i}"))) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => bail!("stat of a missing name: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn uring_on_serves_requests_through_io_uring_and_off_does_not() -> Result<()> {
+    if !enable_uring("uring_on_serves_requests_through_io_uring_and_off_does_not") {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower)?;
+    std::fs::write(lower.join("f"), "lower\n")?;
+
+    let on = mount_uring(&[lower.clone()], None, &tmp.path().join("on"), "on")?;
+    let pid = server_pid(&on.dir)?;
+    let rings = uring_completions(pid)?;
+    ensure!(
+        rings.len() == possible_cpus(),
+        "uring=on: {} io_uring fds in the server, expected one per possible CPU ({})",
+        rings.len(),
+        possible_cpus()
+    );
+    let served = uring_requests_during(&on.dir, || stat_missing(&on.dir, 2000))?;
+    ensure!(
+        served >= 2000,
+        "uring=on: 2000 lookups of missing names, but only {served} io_uring completions"
+    );
+    assert_eq!(std::fs::read_to_string(on.dir.join("f"))?, "lower\n");
+
+    let off = mount_uring(&[lower], None, &tmp.path().join("off"), "off")?;
+    let rings = uring_completions(server_pid(&off.dir)?)?;
+    ensure!(
+        rings.is_empty(),
+        "uring=off: the server has {} io_uring fds",
+        rings.len()
+    );
+    stat_missing(&off.dir, 100)?;
+    Ok(())
+}
+
+#[test]
+fn uring_bad_value_is_ignored_and_auto_is_the_default() -> Result<()> {
+    if !enable_uring("uring_bad_value_is_ignored_and_auto_is_the_default") {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower)?;
+    // No uring option: auto, and the kernel offers it now.
+    let m = LaminaMount::mount(&[lower], None, &tmp.path().join("m"))?;
+    let served = uring_requests_during(&m.dir, || stat_missing(&m.dir, 500))?;
+    ensure!(
+        served >= 500,
+        "uring=auto (default): {served} io_uring completions for 500 lookups"
+    );
+    Ok(())
+}
+
+fn no_times(t: Tree) -> Tree {
+    t.no_times()
+}
+
+/// Writes, renames and deletes applied the same way to both mounts.
+fn change(r: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(r.join("a.txt"))?
+        .write_all(b"more\n")?;
+    std::fs::write(r.join("gone_marker"), "reborn\n")?;
+    std::fs::remove_file(r.join("dir1/z"))?;
+    std::fs::remove_dir_all(r.join("opq_x"))?;
+    std::fs::create_dir(r.join("opq_x"))?;
+    std::fs::write(r.join("opq_x/fresh"), "fresh\n")?;
+    std::fs::rename(r.join("keep.txt"), r.join("dir1/keep_moved"))?;
+    std::fs::hard_link(r.join("hl/one"), r.join("new_link"))?;
+    std::fs::write(r.join("hl/two"), "two changed\n")?;
+    std::os::unix::fs::symlink("dir1", r.join("new_sym"))?;
+    std::fs::create_dir_all(r.join("newdir/sub"))?;
+    std::fs::write(r.join("newdir/sub/file"), "new\n")?;
+    std::fs::rename(r.join("newdir"), r.join("newdir2"))?;
+    std::fs::remove_file(r.join("link_a"))?;
+    std::fs::write(r.join("deep/l1only/f"), "rewritten\n")?;
+    std::os::unix::fs::lchown(r.join("modes/owned"), Some(42), Some(43))?;
+    rustix::fs::setxattr(
+        &r.join("attrs"),
+        "user.color",
+        b"red",
+        rustix::fs::XattrFlags::empty(),
+    )?;
+    let e = std::fs::remove_dir(r.join("dir1")).unwrap_err();
+    if e.raw_os_error() != Some(libc::ENOTEMPTY) {
+        return Err(e);
+    }
+    Ok(())
+}
+
+#[test]
+fn uring_on_matches_kernel_overlayfs_before_and_after_writes() -> Result<()> {
+    if !enable_uring("uring_on_matches_kernel_overlayfs_before_and_after_writes") {
+        return Ok(());
+    }
+    if !kernel_overlay_available() {
+        eprintln!("SKIP overlay_uring: needs kernel overlayfs");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let base = tmp.path();
+    let layers = edge_layers(&base.join("layers"), false)?;
+    let k = KernelMount::mount(&layers, Some((&base.join("ku"), &base.join("kw"))), &{
+        std::fs::create_dir_all(base.join("ku"))?;
+        std::fs::create_dir_all(base.join("kw"))?;
+        base.join("k")
+    })?;
+    let f = mount_uring(
+        &layers,
+        Some((&base.join("fu"), &base.join("fw"))),
+        &base.join("f"),
+        "on",
+    )?;
+    let served = uring_requests_during(&f.dir, || {
+        assert_same_tree(
+            &snapshot(&k.dir)?,
+            &snapshot(&f.dir)?,
+            "merged view before writes (kernel vs lamina over io_uring)",
+        )?;
+        change(&k.dir).context("changes on kernel overlayfs")?;
+        change(&f.dir).context("changes on lamina over io_uring")?;
+        assert_same_tree(
+            &no_times(snapshot(&k.dir)?),
+            &no_times(snapshot(&f.dir)?),
+            "merged view after the same writes (kernel vs lamina over io_uring)",
+        )
+    })?;
+    ensure!(served > 100, "only {served} requests went through io_uring");
+    drop(f);
+    // lamina's upper, read back by the kernel, means what the kernel's does.
+    let with = |upper: &str| -> Vec<PathBuf> {
+        let mut v = vec![base.join(upper)];
+        v.extend(layers.iter().cloned());
+        v
+    };
+    let kview = no_times(snapshot(
+        &KernelMount::mount(&with("ku"), None, &base.join("k2"))?.dir,
+    )?);
+    let fview = no_times(snapshot(
+        &KernelMount::mount(&with("fu"), None, &base.join("f2"))?.dir,
+    )?);
+    assert_same_tree(&kview, &fview, "kernel views of the two upper dirs")
+}
+
+/// A shell script of creates, appends, renames, copy-ups and deletes in `w<i>`.
+fn worker_script(i: usize) -> String {
+    let mut s = format!("set -e\nmkdir -p w{i}\ncd w{i}\n");
+    for n in 0..120 {
+        s += &format!("printf 'c{n}' > f{n}\n");
+        if n % 3 == 0 {
+            s += &format!("printf '+{n}' >> f{}\n", n / 2);
+        }
+        if n % 5 == 0 {
+            s += &format!("mkdir d{n}\nmv f{n} d{n}/moved\n");
+        }
+        if n % 7 == 0 && n > 0 {
+            s += &format!("rm -f f{}\n", n - 1);
+        }
+        if n % 11 == 0 {
+            s += &format!("printf 'up{n}' >> ../lower{i}/l{}\n", n % 4);
+        }
+        if n % 13 == 0 {
+            s += &format!("mv d{} r{n}\n", (n / 5) * 5);
+        }
+    }
+    s
+}
+
+#[test]
+fn uring_on_stays_consistent_under_concurrent_processes() -> Result<()> {
+    if !enable_uring("uring_on_stays_consistent_under_concurrent_processes") {
+        return Ok(());
+    }
+    const WORKERS: usize = 6;
+    let tmp = tempfile::tempdir()?;
+    let lower = tmp.path().join("lower");
+    let reference = tmp.path().join("reference");
+    for root in [&lower, &reference] {
+        for i in 0..WORKERS {
+            std::fs::create_dir_all(root.join(format!("lower{i}")))?;
+            for l in 0..4 {
+                std::fs::write(root.join(format!("lower{i}/l{l}")), format!("lower {l}\n"))?;
+            }
+        }
+    }
+    let m = mount_uring(
+        &[lower],
+        Some((&tmp.path().join("u"), &tmp.path().join("w"))),
+        &tmp.path().join("m"),
+        "on",
+    )?;
+    for i in 0..WORKERS {
+        run(Command::new("sh")
+            .arg("-c")
+            .arg(worker_script(i))
+            .current_dir(&reference))?;
+    }
+    let served = uring_requests_during(&m.dir, || {
+        let children: Vec<_> = (0..WORKERS)
+            .map(|i| {
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(worker_script(i))
+                    .current_dir(&m.dir)
+                    .output()
+            })
+            .collect::<std::io::Result<_>>()
+            .map(|v: Vec<_>| v)?;
+        for (i, out) in children.iter().enumerate() {
+            ensure!(
+                out.status.success(),
+                "worker {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    });
+    // The workers above ran one after another; now all at once.
+    let served = served?
+        + uring_requests_during(&m.dir, || {
+            let procs: Vec<_> = (0..WORKERS)
+                .map(|i| {
+                    Command::new("sh")
+                        .arg("-c")
+                        .arg(format!(
+                            "for n in $(seq 1 200); do printf x >> p{i}_$((n % 17)); \
+                             stat nope{i}_$n 2>/dev/null || true; done"
+                        ))
+                        .current_dir(&m.dir)
+                        .spawn()
+                })
+                .collect::<std::io::Result<_>>()
+                .map(|v: Vec<_>| v)?;
+            for mut p in procs {
+                ensure!(p.wait()?.success(), "a concurrent worker failed");
+            }
+            Ok(())
+        })?;
+    for i in 0..WORKERS {
+        for k in 0..17 {
+            let want = (1..=200).filter(|n| n % 17 == k).count();
+            std::fs::write(reference.join(format!("p{i}_{k}")), "x".repeat(want))?;
+        }
+    }
+    ensure!(
+        served > 1000,
+        "only {served} requests went through io_uring"
+    );
+    assert_same_tree(
+        &no_times(snapshot(&reference)?),
+        &no_times(snapshot(&m.dir)?),
+        "plain dir vs lamina over io_uring after the same operations",
+    )
+}
+
+#[test]
+fn uring_on_keeps_passthrough_reads_in_the_kernel() -> Result<()> {
+    if !enable_uring("uring_on_keeps_passthrough_reads_in_the_kernel") {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower)?;
+    let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(lower.join("big"), &data)?;
+    let m = mount_uring(
+        &[lower],
+        Some((&tmp.path().join("u"), &tmp.path().join("w"))),
+        &tmp.path().join("m"),
+        "on",
+    )?;
+    let path = m.dir.join("big");
+    let served = uring_requests_during(&m.dir, || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&path)?;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        ensure!(got == data, "data read through the mount differs");
+        Ok(())
+    })?;
+    // 4096 reads of 4 KiB: with passthrough none reaches the server, only
+    // lookup/open/release do.
+    ensure!(
+        (1..64).contains(&served),
+        "16 MiB read in 4 KiB reads: {served} requests through io_uring (passthrough should keep reads in the kernel)"
+    );
+    // Writes through a passthrough file, then read back.
+    std::fs::write(m.dir.join("new"), &data[..1 << 20])?;
+    ensure!(std::fs::read(m.dir.join("new"))? == data[..1 << 20]);
+    ensure!(std::fs::read(tmp.path().join("u/new"))? == data[..1 << 20]);
+    Ok(())
+}
+
+#[test]
+fn uring_on_unmount_ends_the_server() -> Result<()> {
+    if !enable_uring("uring_on_unmount_ends_the_server") {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower)?;
+    std::fs::write(lower.join("f"), "x")?;
+    for round in 0..3 {
+        let dir = tmp.path().join("m");
+        let m = mount_uring(
+            &[lower.clone()],
+            Some((&tmp.path().join("u"), &tmp.path().join("w"))),
+            &dir,
+            "on",
+        )?;
+        let pid = server_pid(&m.dir)?;
+        stat_missing(&m.dir, 50)?;
+        // Keep a file open across the unmount request (lazy unmount).
+        let open = std::fs::File::open(m.dir.join("f"))?;
+        run(Command::new("umount").arg("-l").arg(&m.dir))?;
+        drop(open);
+        std::mem::forget(m);
+        let t = Instant::now();
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')) {
+                break;
+            }
+            ensure!(
+                t.elapsed() < Duration::from_secs(10),
+                "round {round}: the server {pid} still runs 10 s after the unmount"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn uring_on_passes_pjdfstest() -> Result<()> {
+    if !enable_uring("uring_on_passes_pjdfstest") {
+        return Ok(());
+    }
+    let home_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/pjdfstest"));
+    let exe = match home_bin.filter(|p| p.exists()) {
+        Some(p) => p,
+        None if have("pjdfstest") => "pjdfstest".into(),
+        None => {
+            eprintln!(
+                "SKIP overlay_uring::uring_on_passes_pjdfstest: pjdfstest is not installed (cargo install --locked pjdfstest)"
+            );
+            return Ok(());
+        }
+    };
+    let tmp = tempfile::tempdir()?;
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(lower.join("from-lower"))?;
+    let m = mount_uring(
+        &[lower],
+        Some((&tmp.path().join("upper"), &tmp.path().join("work"))),
+        &tmp.path().join("mnt"),
+        "on",
+    )?;
+    let dir = m.dir.join("pjd");
+    std::fs::create_dir(&dir)?;
+    let mut text = String::new();
+    let served = uring_requests_during(&m.dir, || {
+        let out = Command::new(&exe).arg("-p").arg(&dir).output()?;
+        text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        Ok(())
+    })?;
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("Summary:"))
+        .unwrap_or("no summary")
+        .to_string();
+    eprintln!("pjdfstest on lamina over io_uring: {summary} ({served} io_uring requests)");
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_end().ends_with("FAILED"))
+        .collect();
+    ensure!(
+        failed.is_empty() && summary.contains(" 0 failed"),
+        "pjdfstest failures over io_uring:\n{}\n{summary}",
+        failed.join("\n")
+    );
+    ensure!(
+        served > 1000,
+        "only {served} requests went through io_uring"
     );
     Ok(())
 }

@@ -139,6 +139,12 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// LAMINA PATCH (io_uring): set when INIT negotiated FUSE_OVER_IO_URING.
+    #[cfg(target_os = "linux")]
+    uring: Option<crate::uring::Params>,
+    /// LAMINA PATCH (io_uring): told the outcome of registering the queues.
+    #[cfg(target_os = "linux")]
+    uring_ready: Option<std::sync::mpsc::Sender<io::Result<()>>>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +192,10 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            #[cfg(target_os = "linux")]
+            uring: None,
+            #[cfg(target_os = "linux")]
+            uring_ready: None,
         };
 
         session.handshake()?;
@@ -214,6 +224,10 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            #[cfg(target_os = "linux")]
+            uring: None,
+            #[cfg(target_os = "linux")]
+            uring_ready: None,
         };
 
         session.handshake()?;
@@ -252,6 +266,10 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            #[cfg(target_os = "linux")]
+            uring,
+            #[cfg(target_os = "linux")]
+            uring_ready,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -268,6 +286,36 @@ impl<FS: Filesystem> Session<FS> {
         };
 
         let mut filesystem = Arc::new(filesystem);
+
+        // LAMINA PATCH (io_uring): one pinned queue thread per possible CPU,
+        // registered before the /dev/fuse readers start (requests wait in the
+        // kernel meanwhile); the /dev/fuse readers stay for FORGET, INTERRUPT
+        // and whatever comes before the ring is ready.
+        #[cfg(target_os = "linux")]
+        let uring_threads = match uring {
+            Some(params) => {
+                let (threads, err) = crate::uring::start_queues(
+                    params,
+                    &ch,
+                    &filesystem,
+                    allowed,
+                    session_owner,
+                );
+                if let Some(tx) = uring_ready {
+                    let _ = tx.send(match &err {
+                        Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        None => Ok(()),
+                    });
+                }
+                match err {
+                    Some(e) if config.io_uring == crate::UringMode::Required => return Err(e),
+                    Some(e) => warn!("{e}; serving through /dev/fuse"),
+                    None => {}
+                }
+                threads
+            }
+            None => Vec::new(),
+        };
 
         let mut channels = Vec::with_capacity(n_threads);
 
@@ -318,6 +366,15 @@ impl<FS: Filesystem> Session<FS> {
                 if reply.is_ok() {
                     reply = Err(e);
                 }
+            }
+        }
+        // LAMINA PATCH (io_uring): the queues end with the connection too.
+        #[cfg(target_os = "linux")]
+        for thread in uring_threads {
+            match thread.join() {
+                Ok(Err(e)) => warn!("FUSE io_uring queue: {e}"),
+                Ok(Ok(())) => {}
+                Err(_) => return Err(io::Error::other("io_uring queue thread panicked")),
             }
         }
 
@@ -422,6 +479,23 @@ impl<FS: Filesystem> Session<FS> {
                 ));
             };
             let res = filesystem.init(Request::ref_cast(request.header()), &mut config);
+            // LAMINA PATCH (io_uring): ask for FUSE_OVER_IO_URING only when the
+            // kernel offered it and the session wants it.
+            #[cfg(target_os = "linux")]
+            {
+                let offered = init.capabilities().contains(InitFlags::FUSE_OVER_IO_URING);
+                if offered && self.config.io_uring != crate::UringMode::Off {
+                    config.requested |= InitFlags::FUSE_OVER_IO_URING;
+                } else {
+                    config.requested &= !InitFlags::FUSE_OVER_IO_URING;
+                }
+                if offered && self.config.io_uring != crate::UringMode::Off {
+                    self.uring = Some(crate::uring::Params::new(
+                        config.max_write,
+                        config.max_pages(),
+                    ));
+                }
+            }
             if let Err(error) = res {
                 let errno = Errno::from_i32(error.raw_os_error().unwrap_or(0));
                 <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
@@ -482,6 +556,37 @@ impl<FS: Filesystem> Session<FS> {
         self.mount.umount()
     }
 
+    /// LAMINA PATCH (io_uring): whether INIT negotiated FUSE-over-io_uring
+    /// (the session asked for it and the kernel offered it); `run` then
+    /// serves through io_uring queues.
+    pub fn io_uring(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            self.uring.is_some()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    }
+
+    /// LAMINA PATCH (io_uring): when io_uring was negotiated, a receiver told
+    /// the outcome of registering the queues once `run` (or `spawn`) has
+    /// done it: until then requests still travel over /dev/fuse.
+    pub fn io_uring_ready(&mut self) -> Option<std::sync::mpsc::Receiver<io::Result<()>>> {
+        #[cfg(target_os = "linux")]
+        {
+            self.uring?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            self.uring_ready = Some(tx);
+            Some(rx)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
+    }
+
     /// Returns a thread-safe object that can be used to unmount the Filesystem
     pub fn unmount_callable(&mut self) -> SessionUnmounter {
         SessionUnmounter {
@@ -530,7 +635,7 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             match self.ch.receive_retrying(buf) {
-                Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
+                Ok(size) => match RequestWithSender::new(ReplySender::Channel(self.ch.sender()), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
                         if let Ok(Operation::Destroy(_)) = req.request.operation() {

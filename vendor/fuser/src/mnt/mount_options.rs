@@ -18,6 +18,25 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// LAMINA PATCH (io_uring): serve requests over FUSE-over-io_uring queues
+    /// (one per possible CPU) when the kernel offers it.
+    pub io_uring: UringMode,
+}
+
+/// LAMINA PATCH (io_uring): whether a session uses FUSE-over-io_uring.
+#[derive(Debug, Clone, Copy, Default, Eq, PartialEq, Hash)]
+pub enum UringMode {
+    /// Only /dev/fuse (the default).
+    #[default]
+    Off,
+    /// Use io_uring when the kernel offers it in INIT
+    /// (`/sys/module/fuse/parameters/enable_uring` is Y); otherwise, or if
+    /// registering the queues fails, keep serving through /dev/fuse.
+    IfOffered,
+    /// As `IfOffered`, but a failure to register the queues ends the session
+    /// with an error. (Whether the kernel offered it is
+    /// [`crate::Session::io_uring`] after the handshake.)
+    Required,
 }
 
 /// Mount options accepted by the FUSE filesystem type
