@@ -98,6 +98,40 @@ pub enum Auth {
     },
 }
 
+impl Auth {
+    /// htpasswd basic auth for one user.
+    pub fn htpasswd(user: &str, password: &str) -> Auth {
+        Auth::Htpasswd {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
+    /// Token auth for one user; `anonymous_pull` lets the issuer grant pull
+    /// tokens without credentials.
+    pub fn token(user: &str, password: &str, anonymous_pull: bool) -> Auth {
+        Auth::Token {
+            user: user.into(),
+            password: password.into(),
+            anonymous_pull,
+        }
+    }
+}
+
+/// A registry with one test image placed in it: the common opening of the
+/// registry tests. Drop order: the registry stops before the dir goes.
+pub struct Placed {
+    /// The registry.
+    pub reg: Registry,
+    /// The test's scratch dir, holding the image's OCI layout; stores and
+    /// credential files of the test go here too.
+    pub dir: tempfile::TempDir,
+    /// The OCI layout the image was built in, tagged `v1`.
+    pub layout: PathBuf,
+    /// `HOST/REPO:TAG`: the image's name in the registry.
+    pub name: String,
+}
+
 /// A running `docker-registry`. Killed on drop.
 pub struct Registry {
     child: Child,
@@ -231,6 +265,33 @@ impl Registry {
         bail!("no free port for docker-registry after 5 attempts")
     }
 
+    /// [`Registry::start`], then [`Registry::place`]; `None` (after printing
+    /// why) when `docker-registry` is not installed.
+    pub fn with_image(
+        auth: Auth,
+        repo_ref: &str,
+        build: impl FnOnce(&Path) -> PathBuf,
+    ) -> Option<Placed> {
+        Some(Self::start(auth)?.place(repo_ref, build))
+    }
+
+    /// Makes a scratch dir, builds an image there with `build` (which returns
+    /// its OCI layout, tag `v1`) and copies it to `REPO:TAG` (`repo_ref`) here
+    /// with skopeo.
+    pub fn place(self, repo_ref: &str, build: impl FnOnce(&Path) -> PathBuf) -> Placed {
+        let dir = tempfile::tempdir().expect("scratch dir");
+        let layout = build(dir.path());
+        self.put_oci(&layout, "v1", repo_ref)
+            .expect("placing the test image with skopeo");
+        let name = format!("{}/{repo_ref}", self.host);
+        Placed {
+            reg: self,
+            dir,
+            layout,
+            name,
+        }
+    }
+
     /// `--src-creds`/`--dest-creds` value for skopeo, if the registry has a user.
     pub fn creds(&self) -> Option<String> {
         match &self.auth {
@@ -331,6 +392,24 @@ pub fn build_image(layout: &Path, tag: &str, layers: &[LayerSpec<'_>]) -> Result
             .arg(&b))?;
     }
     Ok(())
+}
+
+/// `DIR/oci` with one image, tag `v1`: one layer holding `big.bin` = `data`
+/// (for tests that cut, throttle or kill a blob download).
+pub fn big_file_image(dir: &Path, data: &[u8]) -> PathBuf {
+    let layout = dir.join("oci");
+    build_image(&layout, "v1", &[&[("big.bin", data)]]).expect("building the image with umoci");
+    layout
+}
+
+/// `DIR/oci` with two one-layer images, tags `amd` and `arm`, whose file
+/// `arch` holds `amd64\n` and `arm64\n` (the parts of a multi-platform index).
+pub fn arch_images(dir: &Path) -> PathBuf {
+    let layout = dir.join("oci");
+    for (tag, arch) in [("amd", b"amd64\n"), ("arm", b"arm64\n")] {
+        build_image(&layout, tag, &[&[("arch", arch)]]).expect("building the image with umoci");
+    }
+    layout
 }
 
 /// `umoci unpack` of `oci:LAYOUT:TAG` into `dest`; returns `dest/rootfs`.

@@ -8,7 +8,8 @@ use lamina_registry::{
     BlobPush, Client, ClientOptions, Credentials, Digest, Error, Platform, Reference,
 };
 use lamina_tests::registry::{
-    Auth, Registry, build_image, random_bytes, runtime, tree_listing, umoci_unpack,
+    Auth, Proxy, ProxyMode, Registry, arch_images, big_file_image, build_image, random_bytes,
+    runtime, tree_listing, umoci_unpack,
 };
 use lamina_tests::require_tools;
 use std::path::Path;
@@ -115,33 +116,31 @@ fn check_pull_matches_layout(reg: &Registry, client: &Client, layout: &Path) {
 #[test]
 fn anonymous_pull_of_skopeo_placed_image() {
     require_tools!("umoci", "skopeo");
-    let Some(reg) = Registry::start(Auth::Anonymous) else {
+    let Some(p) = Registry::with_image(Auth::Anonymous, "test/app:v1", two_layer_image) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = two_layer_image(dir.path());
-    reg.put_oci(&layout, "v1", "test/app:v1").unwrap();
-    check_pull_matches_layout(&reg, &client(None), &layout);
+    check_pull_matches_layout(&p.reg, &client(None), &p.layout);
     // By digest too.
     let c = client(None);
-    let r = Reference::parse(&format!("{}/test/app:v1", reg.host)).unwrap();
+    let r = Reference::parse(&format!("{}/test/app:v1", p.reg.host)).unwrap();
     let m = runtime().block_on(c.manifest(&r)).unwrap();
     let by_digest = r.with_digest(m.digest.clone());
-    let again = runtime()
-        .block_on(
-            c.manifest(&Reference::parse(&format!("{}/test/app@{}", reg.host, m.digest)).unwrap()),
-        )
-        .unwrap();
+    let again =
+        runtime()
+            .block_on(c.manifest(
+                &Reference::parse(&format!("{}/test/app@{}", p.reg.host, m.digest)).unwrap(),
+            ))
+            .unwrap();
     assert_eq!(again.bytes, m.bytes);
     assert_eq!(by_digest.manifest_reference(), m.digest.to_string());
     // Unknown tag: 404 with the URL.
     let err = runtime()
-        .block_on(c.manifest(&Reference::parse(&format!("{}/test/app:nope", reg.host)).unwrap()))
+        .block_on(c.manifest(&Reference::parse(&format!("{}/test/app:nope", p.reg.host)).unwrap()))
         .unwrap_err();
     assert!(matches!(err, Error::NotFound { status: 404, .. }), "{err}");
     assert!(
         err.to_string()
-            .contains(&format!("http://{}/v2/test/app/manifests/nope", reg.host)),
+            .contains(&format!("http://{}/v2/test/app/manifests/nope", p.reg.host)),
         "{err}"
     );
 }
@@ -149,28 +148,26 @@ fn anonymous_pull_of_skopeo_placed_image() {
 #[test]
 fn htpasswd_basic_auth() {
     require_tools!("umoci", "skopeo", "htpasswd");
-    let Some(reg) = Registry::start(Auth::Htpasswd {
-        user: "alice".into(),
-        password: "s3cret-pw".into(),
-    }) else {
+    let Some(p) = Registry::with_image(
+        Auth::htpasswd("alice", "s3cret-pw"),
+        "test/app:v1",
+        two_layer_image,
+    ) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = two_layer_image(dir.path());
-    reg.put_oci(&layout, "v1", "test/app:v1").unwrap();
     check_pull_matches_layout(
-        &reg,
-        &client(Some((&reg.host, "alice", "s3cret-pw"))),
-        &layout,
+        &p.reg,
+        &client(Some((&p.reg.host, "alice", "s3cret-pw"))),
+        &p.layout,
     );
 
-    let r = Reference::parse(&format!("{}/test/app:v1", reg.host)).unwrap();
+    let r = Reference::parse(&format!("{}/test/app:v1", p.reg.host)).unwrap();
     let err = runtime().block_on(client(None).manifest(&r)).unwrap_err();
     assert!(
         matches!(err, Error::Unauthorized { status: 401, .. }),
         "{err}"
     );
-    let wrong = client(Some((&reg.host, "alice", "wrong-password-xyz")));
+    let wrong = client(Some((&p.reg.host, "alice", "wrong-password-xyz")));
     let err = runtime().block_on(wrong.manifest(&r)).unwrap_err();
     let msg = err.to_string();
     assert!(
@@ -178,7 +175,7 @@ fn htpasswd_basic_auth() {
         "{msg}"
     );
     assert!(
-        msg.contains(&reg.host) && msg.contains("/v2/test/app/manifests/v1"),
+        msg.contains(&p.reg.host) && msg.contains("/v2/test/app/manifests/v1"),
         "{msg}"
     );
     assert!(
@@ -186,29 +183,26 @@ fn htpasswd_basic_auth() {
         "{msg}"
     );
     // check_login verifies credentials.
-    assert!(runtime().block_on(wrong.check_login(&reg.host)).is_err());
+    assert!(runtime().block_on(wrong.check_login(&p.reg.host)).is_err());
     runtime()
-        .block_on(client(Some((&reg.host, "alice", "s3cret-pw"))).check_login(&reg.host))
+        .block_on(client(Some((&p.reg.host, "alice", "s3cret-pw"))).check_login(&p.reg.host))
         .unwrap();
 }
 
 #[test]
 fn token_auth_with_credentials_reuses_tokens() {
     require_tools!("umoci", "skopeo", "openssl");
-    let Some(reg) = Registry::start(Auth::Token {
-        user: "bob".into(),
-        password: "tok-pw".into(),
-        anonymous_pull: false,
-    }) else {
+    let Some(p) = Registry::with_image(
+        Auth::token("bob", "tok-pw", false),
+        "test/app:v1",
+        two_layer_image,
+    ) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = two_layer_image(dir.path());
-    reg.put_oci(&layout, "v1", "test/app:v1").unwrap();
-    let issuer = reg.issuer.as_ref().unwrap();
+    let issuer = p.reg.issuer.as_ref().unwrap();
     let before = issuer.issued.load(std::sync::atomic::Ordering::SeqCst);
-    let c = client(Some((&reg.host, "bob", "tok-pw")));
-    check_pull_matches_layout(&reg, &c, &layout);
+    let c = client(Some((&p.reg.host, "bob", "tok-pw")));
+    check_pull_matches_layout(&p.reg, &c, &p.layout);
     let used = issuer.issued.load(std::sync::atomic::Ordering::SeqCst) - before;
     // One token for repository:test/app:pull, reused for the manifest and every blob.
     assert_eq!(
@@ -218,7 +212,7 @@ fn token_auth_with_credentials_reuses_tokens() {
         issuer.scopes.lock().unwrap()
     );
 
-    let r = Reference::parse(&format!("{}/test/app:v1", reg.host)).unwrap();
+    let r = Reference::parse(&format!("{}/test/app:v1", p.reg.host)).unwrap();
     let err = runtime().block_on(client(None).manifest(&r)).unwrap_err();
     assert!(
         matches!(err, Error::Unauthorized { status: 401, .. }),
@@ -226,29 +220,26 @@ fn token_auth_with_credentials_reuses_tokens() {
     );
     assert!(err.to_string().contains("/token"), "{err}");
     let err = runtime()
-        .block_on(client(Some((&reg.host, "bob", "nope-pw"))).manifest(&r))
+        .block_on(client(Some((&p.reg.host, "bob", "nope-pw"))).manifest(&r))
         .unwrap_err();
     assert!(
         matches!(err, Error::Unauthorized { .. }) && !err.to_string().contains("nope-pw"),
         "{err}"
     );
-    runtime().block_on(c.check_login(&reg.host)).unwrap();
+    runtime().block_on(c.check_login(&p.reg.host)).unwrap();
 }
 
 #[test]
 fn token_auth_anonymous_pull() {
     require_tools!("umoci", "skopeo", "openssl");
-    let Some(reg) = Registry::start(Auth::Token {
-        user: "bob".into(),
-        password: "tok-pw".into(),
-        anonymous_pull: true,
-    }) else {
+    let Some(p) = Registry::with_image(
+        Auth::token("bob", "tok-pw", true),
+        "test/app:v1",
+        two_layer_image,
+    ) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = two_layer_image(dir.path());
-    reg.put_oci(&layout, "v1", "test/app:v1").unwrap();
-    check_pull_matches_layout(&reg, &client(None), &layout);
+    check_pull_matches_layout(&p.reg, &client(None), &p.layout);
 }
 
 /// Pushes every blob and the manifest of `oci:LAYOUT:TAG` to `target`.
@@ -283,10 +274,7 @@ fn push_layout(
 #[test]
 fn push_is_read_back_by_skopeo_and_umoci() {
     require_tools!("umoci", "skopeo", "htpasswd");
-    let Some(reg) = Registry::start(Auth::Htpasswd {
-        user: "u".into(),
-        password: "p".into(),
-    }) else {
+    let Some(reg) = Registry::start(Auth::htpasswd("u", "p")) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -356,9 +344,7 @@ fn multi_platform_index() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let layout = dir.path().join("oci");
-    build_image(&layout, "amd", &[&[("arch", b"amd64\n")]]).unwrap();
-    build_image(&layout, "arm", &[&[("arch", b"arm64\n")]]).unwrap();
+    let layout = arch_images(dir.path());
     let c = client(None);
     let mut entries = vec![];
     for (tag, arch, variant) in [("amd", "amd64", None), ("arm", "arm64", Some("v8"))] {
@@ -429,18 +415,12 @@ fn flate2_decoder(bytes: &[u8]) -> impl std::io::Read + '_ {
 #[test]
 fn dropped_connection_resumes_with_range() {
     require_tools!("umoci", "skopeo");
-    let Some(reg) = Registry::start(Auth::Anonymous) else {
+    let big = random_bytes(3 << 20);
+    let Some(p) = Registry::with_image(Auth::Anonymous, "cut/app:v1", |d| big_file_image(d, &big))
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = dir.path().join("oci");
-    let big = random_bytes(3 << 20);
-    build_image(&layout, "v1", &[&[("big.bin", &big[..])]]).unwrap();
-    reg.put_oci(&layout, "v1", "cut/app:v1").unwrap();
-    let proxy = lamina_tests::registry::Proxy::start(
-        &reg.host,
-        lamina_tests::registry::ProxyMode::Cut(1 << 20),
-    );
+    let proxy = Proxy::start(&p.reg.host, ProxyMode::Cut(1 << 20));
     let r = Reference::parse(&format!("{}/cut/app:v1", proxy.host)).unwrap();
     let blobs = pull_all_blobs(&client(None), &r).unwrap();
     assert_eq!(blobs.len(), 1);

@@ -6,8 +6,8 @@
 use lamina_registry::manifest::{OCI_INDEX, OCI_MANIFEST};
 use lamina_registry::{Client, Digest, Reference};
 use lamina_tests::registry::{
-    Auth, Proxy, ProxyMode, Registry, build_image, merged_listing, random_bytes, runtime,
-    tree_listing, umoci_unpack,
+    Auth, Proxy, ProxyMode, Registry, arch_images, big_file_image, build_image, merged_listing,
+    random_bytes, runtime, tree_listing, umoci_unpack,
 };
 use lamina_tests::require_tools;
 use std::path::Path;
@@ -110,19 +110,16 @@ fn image(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn pull_anonymous_layers_match_umoci_and_second_pull_fetches_nothing() {
     require_tools!("umoci", "skopeo");
-    let Some(reg) = Registry::start(Auth::Anonymous) else {
+    let Some(p) = Registry::with_image(Auth::Anonymous, "lib/app:v1", image) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = image(dir.path());
-    reg.put_oci(&layout, "v1", "lib/app:v1").unwrap();
-    let root = dir.path().join("root");
-    let name = format!("{}/lib/app:v1", reg.host);
-    let out = ok(&lamina(&root, dir.path(), &["pull", &name]));
+    let dir = p.dir.path();
+    let root = dir.join("root");
+    let out = ok(&lamina(&root, dir, &["pull", &p.name]));
     assert!(out.contains("unpacked"), "{out}");
-    assert_same_tree(&root, &name, &layout, "v1", &dir.path().join("u"));
+    assert_same_tree(&root, &p.name, &p.layout, "v1", &dir.join("u"));
     // Everything is there now: nothing is fetched again.
-    let again = ok(&lamina(&root, dir.path(), &["pull", &name]));
+    let again = ok(&lamina(&root, dir, &["pull", &p.name]));
     assert!(again.contains("fetched 0"), "{again}");
     assert!(!again.contains("download"), "{again}");
     // By digest, into another store: the same layers, named by digest.
@@ -132,12 +129,12 @@ fn pull_anonymous_layers_match_umoci_and_second_pull_fetches_nothing() {
         .nth(2)
         .unwrap()
         .to_string();
-    let by_digest = format!("{}/lib/app@{digest}", reg.host);
-    let root2 = dir.path().join("root2");
-    ok(&lamina(&root2, dir.path(), &["pull", &by_digest]));
-    assert_same_tree(&root2, &by_digest, &layout, "v1", &dir.path().join("u2"));
-    let wrong = format!("{}/lib/app@sha256:{}", reg.host, "0".repeat(64));
-    let e = err(&lamina(&root2, dir.path(), &["pull", &wrong]));
+    let by_digest = format!("{}/lib/app@{digest}", p.reg.host);
+    let root2 = dir.join("root2");
+    ok(&lamina(&root2, dir, &["pull", &by_digest]));
+    assert_same_tree(&root2, &by_digest, &p.layout, "v1", &dir.join("u2"));
+    let wrong = format!("{}/lib/app@sha256:{}", p.reg.host, "0".repeat(64));
+    let e = err(&lamina(&root2, dir, &["pull", &wrong]));
     assert!(
         e.contains("404")
             && e.contains(&format!("/v2/lib/app/manifests/sha256:{}", "0".repeat(64))),
@@ -148,29 +145,24 @@ fn pull_anonymous_layers_match_umoci_and_second_pull_fetches_nothing() {
 #[test]
 fn login_then_pull_with_htpasswd() {
     require_tools!("umoci", "skopeo", "htpasswd");
-    let Some(reg) = Registry::start(Auth::Htpasswd {
-        user: "carol".into(),
-        password: "pa55-word".into(),
-    }) else {
+    let Some(p) = Registry::with_image(Auth::htpasswd("carol", "pa55-word"), "priv/app:v1", image)
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = image(dir.path());
-    reg.put_oci(&layout, "v1", "priv/app:v1").unwrap();
-    let root = dir.path().join("root");
-    let name = format!("{}/priv/app:v1", reg.host);
+    let dir = p.dir.path();
+    let root = dir.join("root");
 
-    let e = err(&lamina(&root, dir.path(), &["pull", &name]));
+    let e = err(&lamina(&root, dir, &["pull", &p.name]));
     assert!(
-        e.contains("401") && e.contains(&format!("http://{}/v2/priv/app/manifests/v1", reg.host)),
+        e.contains("401") && e.contains(&format!("http://{}/v2/priv/app/manifests/v1", p.reg.host)),
         "{e}"
     );
 
     let login = |password: &str| {
         let mut c = lamina_cmd(
             &root,
-            dir.path(),
-            &["login", &reg.host, "-u", "carol", "--password-stdin"],
+            dir,
+            &["login", &p.reg.host, "-u", "carol", "--password-stdin"],
         );
         c.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -187,11 +179,11 @@ fn login_then_pull_with_htpasswd() {
     let e = err(&login("not-it"));
     assert!(e.contains("401") && !e.contains("not-it"), "{e}");
     assert!(
-        !dir.path().join("auth.json").exists(),
+        !dir.join("auth.json").exists(),
         "failed login must not store credentials"
     );
     ok(&login("pa55-word"));
-    let auth = dir.path().join("auth.json");
+    let auth = dir.join("auth.json");
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(
         std::fs::metadata(&auth).unwrap().permissions().mode() & 0o777,
@@ -199,49 +191,45 @@ fn login_then_pull_with_htpasswd() {
     );
     let text = std::fs::read_to_string(&auth).unwrap();
     assert!(
-        text.contains(&reg.host) && !text.contains("pa55-word"),
+        text.contains(&p.reg.host) && !text.contains("pa55-word"),
         "{text}"
     );
 
-    ok(&lamina(&root, dir.path(), &["pull", &name]));
-    assert_same_tree(&root, &name, &layout, "v1", &dir.path().join("u"));
+    ok(&lamina(&root, dir, &["pull", &p.name]));
+    assert_same_tree(&root, &p.name, &p.layout, "v1", &dir.join("u"));
 }
 
 #[test]
 fn pull_with_token_auth_and_docker_config() {
     require_tools!("umoci", "skopeo", "openssl");
-    let Some(reg) = Registry::start(Auth::Token {
-        user: "dave".into(),
-        password: "t0ken".into(),
-        anonymous_pull: false,
-    }) else {
+    let Some(p) = Registry::with_image(Auth::token("dave", "t0ken", false), "tok/app:v1", image)
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = image(dir.path());
-    reg.put_oci(&layout, "v1", "tok/app:v1").unwrap();
-    let root = dir.path().join("root");
-    let name = format!("{}/tok/app:v1", reg.host);
-    let e = err(&lamina(&root, dir.path(), &["pull", &name]));
+    let dir = p.dir.path();
+    let root = dir.join("root");
+    let e = err(&lamina(&root, dir, &["pull", &p.name]));
     assert!(e.contains("401") && e.contains("/token"), "{e}");
     // Credentials from docker's config.json.
-    std::fs::create_dir_all(dir.path().join("docker")).unwrap();
+    std::fs::create_dir_all(dir.join("docker")).unwrap();
     std::fs::write(
-        dir.path().join("docker/config.json"),
+        dir.join("docker/config.json"),
         format!(
             r#"{{"auths":{{"{}":{{"auth":"ZGF2ZTp0MGtlbg=="}}}}}}"#,
-            reg.host
+            p.reg.host
         ),
     )
     .unwrap();
-    let before = reg
+    let before = p
+        .reg
         .issuer
         .as_ref()
         .unwrap()
         .issued
         .load(std::sync::atomic::Ordering::SeqCst);
-    ok(&lamina(&root, dir.path(), &["pull", &name]));
-    let used = reg
+    ok(&lamina(&root, dir, &["pull", &p.name]));
+    let used = p
+        .reg
         .issuer
         .as_ref()
         .unwrap()
@@ -252,48 +240,45 @@ fn pull_with_token_auth_and_docker_config() {
         used, 1,
         "one pull token reused for manifest, config and 3 layers"
     );
-    assert_same_tree(&root, &name, &layout, "v1", &dir.path().join("u"));
+    assert_same_tree(&root, &p.name, &p.layout, "v1", &dir.join("u"));
 }
 
 #[test]
 fn push_reads_back_with_skopeo_and_umoci() {
     require_tools!("umoci", "skopeo");
-    let Some(reg) = Registry::start(Auth::Anonymous) else {
+    let Some(p) = Registry::with_image(Auth::Anonymous, "src/app:v1", image) else {
         return;
     };
+    let dir = p.dir.path();
     let Some(other) = Registry::start(Auth::Anonymous) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = image(dir.path());
-    reg.put_oci(&layout, "v1", "src/app:v1").unwrap();
-    let root = dir.path().join("root");
-    let name = format!("{}/src/app:v1", reg.host);
-    ok(&lamina(&root, dir.path(), &["pull", &name]));
+    let root = dir.join("root");
+    ok(&lamina(&root, dir, &["pull", &p.name]));
     // Same registry, other repository: blobs are mounted.
-    let same = format!("{}/dst/app:v2", reg.host);
-    let out = ok(&lamina(&root, dir.path(), &["push", &name, &same]));
+    let same = format!("{}/dst/app:v2", p.reg.host);
+    let out = ok(&lamina(&root, dir, &["push", &p.name, &same]));
     assert!(out.contains("mounted from src/app"), "{out}");
     // Another registry, small chunks: chunked uploads.
     let far = format!("{}/far/app:v3", other.host);
-    let mut c = lamina_cmd(&root, dir.path(), &["push", &name, &far]);
+    let mut c = lamina_cmd(&root, dir, &["push", &p.name, &far]);
     c.env("LAMINA_PUSH_CHUNK_SIZE", "65536");
     let out = ok(&c.output().unwrap());
     assert!(out.contains("chunks"), "{out}");
     // Again: everything exists.
-    let out = ok(&lamina(&root, dir.path(), &["push", &name, &far]));
+    let out = ok(&lamina(&root, dir, &["push", &p.name, &far]));
     assert!(!out.contains("uploaded"), "{out}");
 
     use lamina_tests::tree::{Options, assert_same, snapshot};
     let want = snapshot(
-        &umoci_unpack(&layout, "v1", &dir.path().join("w")).unwrap(),
+        &umoci_unpack(&p.layout, "v1", &dir.join("w")).unwrap(),
         Options::default(),
     )
     .unwrap();
-    for (r, repo, tag) in [(&reg, "dst/app:v2", "v2"), (&other, "far/app:v3", "v3")] {
-        let back = dir.path().join(format!("back-{tag}"));
+    for (r, repo, tag) in [(&p.reg, "dst/app:v2", "v2"), (&other, "far/app:v3", "v3")] {
+        let back = dir.join(format!("back-{tag}"));
         r.get_oci(repo, &back, tag).unwrap();
-        let got = umoci_unpack(&back, tag, &dir.path().join(format!("b-{tag}"))).unwrap();
+        let got = umoci_unpack(&back, tag, &dir.join(format!("b-{tag}"))).unwrap();
         assert_same(&want, &snapshot(&got, Options::default()).unwrap(), repo).unwrap();
     }
 }
@@ -305,9 +290,7 @@ fn multi_platform_pull_picks_platform_and_lists_alternatives() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let layout = dir.path().join("oci");
-    build_image(&layout, "amd", &[&[("arch", b"amd64\n")]]).unwrap();
-    build_image(&layout, "arm", &[&[("arch", b"arm64\n")]]).unwrap();
+    let layout = arch_images(dir.path());
     let mut entries = vec![];
     for (tag, arch) in [("amd", "amd64"), ("arm", "arm64")] {
         reg.put_oci(&layout, tag, &format!("multi/app:{tag}"))
@@ -372,18 +355,16 @@ fn multi_platform_pull_picks_platform_and_lists_alternatives() {
 #[test]
 fn killed_pull_resumes_with_range() {
     require_tools!("umoci", "skopeo");
-    let Some(reg) = Registry::start(Auth::Anonymous) else {
+    let big = random_bytes(16 << 20);
+    let Some(p) = Registry::with_image(Auth::Anonymous, "big/app:v1", |d| big_file_image(d, &big))
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = dir.path().join("oci");
-    let big = random_bytes(16 << 20);
-    build_image(&layout, "v1", &[&[("big.bin", &big[..])]]).unwrap();
-    reg.put_oci(&layout, "v1", "big/app:v1").unwrap();
-    let proxy = Proxy::start(&reg.host, ProxyMode::Throttle(4 << 20));
-    let root = dir.path().join("root");
+    let dir = p.dir.path();
+    let proxy = Proxy::start(&p.reg.host, ProxyMode::Throttle(4 << 20));
+    let root = dir.join("root");
     let name = format!("{}/big/app:v1", proxy.host);
-    let mut child = lamina_cmd(&root, dir.path(), &["pull", &name])
+    let mut child = lamina_cmd(&root, dir, &["pull", &name])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -413,7 +394,7 @@ fn killed_pull_resumes_with_range() {
     let path = layer_path(&first).unwrap();
     let first_bytes: u64 = first.iter().filter(|g| g.0 == path).map(|g| g.2).sum();
     proxy.set_mode(ProxyMode::Pass);
-    let out = ok(&lamina(&root, dir.path(), &["pull", &name]));
+    let out = ok(&lamina(&root, dir, &["pull", &name]));
     assert!(out.contains("resume"), "{out}");
     let all = proxy.blob_gets();
     let second: Vec<_> = all[first.len()..]
@@ -435,7 +416,7 @@ fn killed_pull_resumes_with_range() {
     // buffers, the channel and the write buffer is fetched again.
     assert!(from > 2 << 20, "resumed from {from}");
     let layer_size = std::fs::metadata(
-        layout
+        p.layout
             .join("blobs/sha256")
             .join(path.rsplit(':').next().unwrap()),
     )
@@ -459,16 +440,14 @@ fn killed_pull_resumes_with_range() {
 #[test]
 fn corrupt_bytes_never_become_blobs() {
     require_tools!("umoci", "skopeo");
-    let Some(reg) = Registry::start(Auth::Anonymous) else {
+    let Some(p) = Registry::with_image(Auth::Anonymous, "bad/app:v1", image) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = image(dir.path());
-    reg.put_oci(&layout, "v1", "bad/app:v1").unwrap();
-    let proxy = Proxy::start(&reg.host, ProxyMode::Corrupt);
-    let root = dir.path().join("root");
+    let dir = p.dir.path();
+    let proxy = Proxy::start(&p.reg.host, ProxyMode::Corrupt);
+    let root = dir.join("root");
     let name = format!("{}/bad/app:v1", proxy.host);
-    let e = err(&lamina(&root, dir.path(), &["pull", &name]));
+    let e = err(&lamina(&root, dir, &["pull", &name]));
     assert!(
         e.contains("digest mismatch")
             && e.contains(&format!("http://{}/v2/bad/app/blobs/sha256:", proxy.host)),
@@ -499,9 +478,9 @@ fn corrupt_bytes_never_become_blobs() {
     );
     let m: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
-            layout.join("blobs/sha256").join(
+            p.layout.join("blobs/sha256").join(
                 serde_json::from_slice::<serde_json::Value>(
-                    &std::fs::read(layout.join("index.json")).unwrap(),
+                    &std::fs::read(p.layout.join("index.json")).unwrap(),
                 )
                 .unwrap()["manifests"][0]["digest"]
                     .as_str()
@@ -519,7 +498,7 @@ fn corrupt_bytes_never_become_blobs() {
     );
     let config: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
-            layout.join("blobs/sha256").join(
+            p.layout.join("blobs/sha256").join(
                 m["config"]["digest"]
                     .as_str()
                     .unwrap()
@@ -539,63 +518,53 @@ fn corrupt_bytes_never_become_blobs() {
     );
     assert!(!root.join("layers").join(chain2.hex()).exists());
     // Through a clean path the same pull then works.
-    let good = format!("{}/bad/app:v1", reg.host);
-    ok(&lamina(&root, dir.path(), &["pull", &good]));
-    assert_same_tree(&root, &good, &layout, "v1", &dir.path().join("u"));
+    ok(&lamina(&root, dir, &["pull", &p.name]));
+    assert_same_tree(&root, &p.name, &p.layout, "v1", &dir.join("u"));
     let _ = Digest::of(b"");
 }
 
 #[test]
 fn pull_with_docker_credential_helper() {
     require_tools!("umoci", "skopeo", "htpasswd");
-    let Some(reg) = Registry::start(Auth::Htpasswd {
-        user: "erin".into(),
-        password: "h3lper".into(),
-    }) else {
+    let Some(p) = Registry::with_image(Auth::htpasswd("erin", "h3lper"), "helped/app:v1", image)
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = image(dir.path());
-    reg.put_oci(&layout, "v1", "helped/app:v1").unwrap();
+    let dir = p.dir.path();
     // A credential helper speaking docker's protocol: server URL on stdin, JSON on stdout.
-    let bin = dir.path().join("bin");
+    let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let helper = bin.join("docker-credential-lamina-test");
     std::fs::write(
         &helper,
         format!(
             "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\n[ \"$server\" = \"{}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\necho '{{\"ServerURL\":\"'$server'\",\"Username\":\"erin\",\"Secret\":\"h3lper\"}}'\n",
-            reg.host
+            p.reg.host
         ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::create_dir_all(dir.path().join("docker")).unwrap();
+    std::fs::create_dir_all(dir.join("docker")).unwrap();
     std::fs::write(
-        dir.path().join("docker/config.json"),
+        dir.join("docker/config.json"),
         r#"{"credsStore":"lamina-test"}"#,
     )
     .unwrap();
-    let root = dir.path().join("root");
-    let name = format!("{}/helped/app:v1", reg.host);
+    let root = dir.join("root");
     let path = format!(
         "{}:{}",
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let out = lamina_cmd(&root, dir.path(), &["pull", &name])
+    let out = lamina_cmd(&root, dir, &["pull", &p.name])
         .env("PATH", &path)
         .output()
         .unwrap();
     ok(&out);
-    assert_same_tree(&root, &name, &layout, "v1", &dir.path().join("u"));
+    assert_same_tree(&root, &p.name, &p.layout, "v1", &dir.join("u"));
     // Without the helper on PATH, the registry refuses.
-    let e = err(&lamina(
-        &dir.path().join("root2"),
-        dir.path(),
-        &["pull", &name],
-    ));
+    let e = err(&lamina(&dir.join("root2"), dir, &["pull", &p.name]));
     assert!(e.contains("401"), "{e}");
 }
 
@@ -606,21 +575,18 @@ fn plain_http_only_for_loopback_or_insecure() {
         eprintln!("SKIPPED: no non-loopback IPv4 address on this machine");
         return;
     };
-    let Some(reg) = Registry::start_on(&ip) else {
+    let Some(p) = Registry::start_on(&ip).map(|r| r.place("net/app:v1", image)) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = image(dir.path());
-    reg.put_oci(&layout, "v1", "net/app:v1").unwrap();
-    let root = dir.path().join("root");
-    let name = format!("{}/net/app:v1", reg.host);
+    let dir = p.dir.path();
+    let root = dir.join("root");
     // HTTPS is required off loopback: the plain-HTTP registry fails the TLS handshake.
-    let e = err(&lamina(&root, dir.path(), &["pull", &name]));
+    let e = err(&lamina(&root, dir, &["pull", &p.name]));
     assert!(
-        e.contains(&format!("https://{}/v2/", reg.host)) && e.contains("--insecure"),
+        e.contains(&format!("https://{}/v2/", p.reg.host)) && e.contains("--insecure"),
         "{e}"
     );
     // With --insecure, lamina falls back to plain HTTP.
-    ok(&lamina(&root, dir.path(), &["pull", "--insecure", &name]));
-    assert_same_tree(&root, &name, &layout, "v1", &dir.path().join("u"));
+    ok(&lamina(&root, dir, &["pull", "--insecure", &p.name]));
+    assert_same_tree(&root, &p.name, &p.layout, "v1", &dir.join("u"));
 }
