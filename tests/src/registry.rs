@@ -360,21 +360,8 @@ pub type LayerSpec<'a> = &'a [(&'a str, &'a [u8])];
 /// Builds `oci:LAYOUT:TAG` with umoci: one layer per spec (each repack adds
 /// the changes as a new layer). Returns the layout path.
 pub fn build_image(layout: &Path, tag: &str, layers: &[LayerSpec<'_>]) -> Result<()> {
-    if !layout.join("index.json").exists() {
-        run(Command::new("umoci").args(["init", "--layout"]).arg(layout))?;
-    }
-    let image = format!("{}:{tag}", layout.display());
-    run(Command::new("umoci").args(["new", "--image", &image]))?;
-    for spec in layers {
-        let bundle = tempfile::Builder::new()
-            .prefix("lamina-bundle-")
-            .tempdir()?;
-        let b = bundle.path().join("b");
-        run(Command::new("umoci")
-            .args(["unpack", "--image", &image])
-            .arg(&b))?;
-        let root = b.join("rootfs");
-        for (path, content) in spec.iter() {
+    build_image_with(layout, tag, layers.len(), |i, root| {
+        for (path, content) in layers[i].iter() {
             let p = root.join(path.trim_end_matches('/'));
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent)?;
@@ -387,6 +374,34 @@ pub fn build_image(layout: &Path, tag: &str, layers: &[LayerSpec<'_>]) -> Result
                 std::fs::write(&p, content)?;
             }
         }
+        Ok(())
+    })
+}
+
+/// Builds `oci:LAYOUT:TAG` with umoci (making the layout if it is missing):
+/// `layers` layers, the `i`th being what `change(i, rootfs)` does to the
+/// unpacked rootfs of the image so far (writes, removals: a removal becomes a
+/// whiteout).
+pub fn build_image_with(
+    layout: &Path,
+    tag: &str,
+    layers: usize,
+    mut change: impl FnMut(usize, &Path) -> Result<()>,
+) -> Result<()> {
+    if !layout.join("index.json").exists() {
+        run(Command::new("umoci").args(["init", "--layout"]).arg(layout))?;
+    }
+    let image = format!("{}:{tag}", layout.display());
+    run(Command::new("umoci").args(["new", "--image", &image]))?;
+    for i in 0..layers {
+        let bundle = tempfile::Builder::new()
+            .prefix("lamina-bundle-")
+            .tempdir()?;
+        let b = bundle.path().join("b");
+        run(Command::new("umoci")
+            .args(["unpack", "--image", &image])
+            .arg(&b))?;
+        change(i, &b.join("rootfs"))?;
         run(Command::new("umoci")
             .args(["repack", "--image", &image])
             .arg(&b))?;
