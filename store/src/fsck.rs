@@ -148,6 +148,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use crate::gc::tests::referenced_chain;
     use crate::testutil::{store, tar};
 
     /// fsck's garbage is exactly what gc would remove: a layer kept by a
@@ -155,16 +156,10 @@ mod tests {
     #[test]
     fn garbage_matches_gc_roots() {
         let (_d, s) = store();
-        let bottom = s
-            .unpack_layer(None, None, &tar(&[("a", b"1")])[..], "a")
-            .unwrap();
-        let top = s
-            .unpack_layer(Some(&bottom.chain_id), None, &tar(&[("b", b"2")])[..], "b")
-            .unwrap();
+        referenced_chain(&s);
         let stray = s
             .unpack_layer(None, None, &tar(&[("c", b"3")])[..], "c")
             .unwrap();
-        s.add_layer_ref("snapshots", &top.chain_id).unwrap();
         let r = s.fsck().unwrap();
         assert!(r.is_ok(), "{r:?}");
         assert_eq!(

@@ -199,7 +199,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::testutil::{store, tar, two_layer_image};
     use std::io::Write;
     use std::time::Duration;
@@ -242,9 +242,9 @@ mod tests {
         assert!(f.is_ok() && f.garbage.is_empty(), "{f:?}");
     }
 
-    #[test]
-    fn layer_refs_are_roots() {
-        let (_d, s) = store();
+    /// Two stacked layers (bottom, top) that no image uses, kept by a
+    /// `layer_refs` row ("snapshots") on the top one: a root through a ref.
+    pub(crate) fn referenced_chain(s: &crate::Store) -> (crate::LayerInfo, crate::LayerInfo) {
         let bottom = s
             .unpack_layer(None, None, &tar(&[("a", b"1")])[..], "a")
             .unwrap();
@@ -252,6 +252,13 @@ mod tests {
             .unpack_layer(Some(&bottom.chain_id), None, &tar(&[("b", b"2")])[..], "b")
             .unwrap();
         s.add_layer_ref("snapshots", &top.chain_id).unwrap();
+        (bottom, top)
+    }
+
+    #[test]
+    fn layer_refs_are_roots() {
+        let (_d, s) = store();
+        let (bottom, top) = referenced_chain(&s);
         let r = s.gc().unwrap();
         assert!(r.layers_removed.is_empty(), "{r:?}");
         assert!(s.has_layer(&bottom.chain_id).unwrap() && s.has_layer(&top.chain_id).unwrap());
