@@ -217,7 +217,7 @@ mod tests {
 
 #[cfg(test)]
 mod proptests {
-    use super::super::export::proptests::{layer, model, write_layer_dir};
+    use super::super::export::proptests::{layer, model, write_layer_dir, write_layer_dirs};
     use super::*;
     use proptest::prelude::*;
 
@@ -231,15 +231,7 @@ mod proptests {
             upper in layer(),
         ) {
             let tmp = tempfile::tempdir().unwrap();
-            let dirs: Vec<PathBuf> = lowers
-                .iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    let d = tmp.path().join(format!("l{i}"));
-                    write_layer_dir(&d, l);
-                    d
-                })
-                .collect();
+            let dirs = write_layer_dirs(tmp.path(), &lowers);
             let up = tmp.path().join("upper");
             write_layer_dir(&up, &upper);
             let before = model(&lowers);

@@ -359,20 +359,25 @@ pub(crate) mod proptests {
         }
     }
 
+    /// Writes each layer as `ROOT/l{i}`; returns the dirs, bottom first.
+    pub(crate) fn write_layer_dirs(root: &Path, layers: &[Vec<(String, E)>]) -> Vec<PathBuf> {
+        layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let d = root.join(format!("l{i}"));
+                write_layer_dir(&d, l);
+                d
+            })
+            .collect()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
         fn export_merges_like_the_oci_applier(layers in proptest::collection::vec(layer(), 1..4)) {
             let tmp = tempfile::tempdir().unwrap();
-            let dirs: Vec<PathBuf> = layers
-                .iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    let d = tmp.path().join(format!("l{i}"));
-                    write_layer_dir(&d, l);
-                    d
-                })
-                .collect();
+            let dirs = write_layer_dirs(tmp.path(), &layers);
             let out = export_layers(&dirs, Vec::new()).unwrap();
             let mut got = BTreeMap::new();
             let mut a = tar::Archive::new(&out[..]);
