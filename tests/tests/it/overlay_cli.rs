@@ -5,7 +5,7 @@
 
 use anyhow::{Context as _, Result, ensure};
 use lamina_tests::overlay::{fuse_available, kernel_overlay_available, run};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn lamina(root: &Path, args: &[&str]) -> Result<String> {
@@ -26,6 +26,25 @@ fn lamina_err(root: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// A store at `TMP/store` holding `image`: a tar of a tree whose only file
+/// `etc/os` holds `os`, brought in with `lamina import`.
+fn store_with_image(tmp: &Path, os: &str, image: &str) -> Result<PathBuf> {
+    let root = tmp.join("store");
+    let rootfs = tmp.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc"))?;
+    std::fs::write(rootfs.join("etc/os"), os)?;
+    let tar = tmp.join("rootfs.tar");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("."))?;
+    lamina(&root, &["import", tar.to_str().unwrap(), image])
+        .context("lamina import (needed for this test)")?;
+    Ok(root)
+}
+
 #[test]
 fn container_mount_lifecycle() -> Result<()> {
     if !fuse_available() {
@@ -33,20 +52,8 @@ fn container_mount_lifecycle() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let root = tmp.path().join("store");
-    let rootfs = tmp.path().join("rootfs");
-    std::fs::create_dir_all(rootfs.join("etc"))?;
-    std::fs::write(rootfs.join("etc/os"), "lamina-test\n")?;
-    let tar = tmp.path().join("rootfs.tar");
-    run(Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("."))?;
+    let root = store_with_image(tmp.path(), "lamina-test\n", "test/cli:1")?;
     let root_s = root.to_str().unwrap();
-    lamina(&root, &["import", tar.to_str().unwrap(), "test/cli:1"])
-        .context("lamina import (needed for this test)")?;
 
     let id = lamina(&root, &["create", "test/cli:1", "--name", "web"])?
         .trim()
@@ -155,18 +162,7 @@ fn image_mount_survives_rmi_and_gc() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let root = tmp.path().join("store");
-    let rootfs = tmp.path().join("rootfs");
-    std::fs::create_dir_all(rootfs.join("etc"))?;
-    std::fs::write(rootfs.join("etc/os"), "kept\n")?;
-    let tar = tmp.path().join("rootfs.tar");
-    run(Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("."))?;
-    lamina(&root, &["import", tar.to_str().unwrap(), "test/kept:1"])?;
+    let root = store_with_image(tmp.path(), "kept\n", "test/kept:1")?;
     let layers = || -> Result<usize> {
         Ok(std::fs::read_dir(root.join("layers"))?
             .filter_map(|e| e.ok())
