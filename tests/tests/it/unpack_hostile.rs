@@ -29,6 +29,18 @@ fn assert_rejected(r: Result<UnpackStats, UnpackError>, entry: &str) -> Result<(
     }
 }
 
+/// Unpacks the layer `entries` makes (given the fresh sandbox it goes into):
+/// it must be rejected naming the layer and `entry`, and change nothing
+/// outside the layer dir.
+fn rejected<I>(entry: &str, entries: impl FnOnce(&Sandbox) -> I) -> Result<()>
+where
+    I: IntoIterator<Item = Entry>,
+{
+    let sb = Sandbox::new()?;
+    assert_rejected(run(&sb, &tar_of(entries(&sb))), entry)?;
+    sb.assert_outside_untouched()
+}
+
 #[test]
 fn dotdot_escaping_the_root_is_rejected() -> Result<()> {
     for name in [
@@ -37,10 +49,7 @@ fn dotdot_escaping_the_root_is_rejected() -> Result<()> {
         "./../../x",
         "/../sentinel/evil",
     ] {
-        let sb = Sandbox::new()?;
-        let r = run(&sb, &tar_of([Entry::dir("a"), Entry::file(name, "evil")]));
-        assert_rejected(r, name)?;
-        sb.assert_outside_untouched()?;
+        rejected(name, |_| [Entry::dir("a"), Entry::file(name, "evil")])?;
     }
     Ok(())
 }
@@ -102,17 +111,13 @@ fn writes_through_a_symlink_to_root_stay_inside() -> Result<()> {
 
 #[test]
 fn writes_through_a_dangling_escaping_symlink_fail_inside() -> Result<()> {
-    let sb = Sandbox::new()?;
     // `a` points (relatively) at the sentinel's etc, which is not in the layer.
-    let r = run(
-        &sb,
-        &tar_of([
+    rejected("a/passwd", |_| {
+        [
             Entry::symlink("a", "../../sentinel/etc"),
             Entry::file("a/passwd", "evil"),
-        ]),
-    );
-    assert_rejected(r, "a/passwd")?;
-    sb.assert_outside_untouched()
+        ]
+    })
 }
 
 #[test]
@@ -131,44 +136,27 @@ fn symlink_entries_are_never_followed_when_replaced() -> Result<()> {
 
 #[test]
 fn hardlinks_outside_the_layer_are_rejected() -> Result<()> {
-    let abs_passwd = |sb: &Sandbox| sb.sentinel.join("etc/passwd").display().to_string();
     // `..` escaping the root.
-    let sb = Sandbox::new()?;
-    assert_rejected(
-        run(
-            &sb,
-            &tar_of([Entry::hardlink("h", "../../sentinel/etc/passwd")]),
-        ),
-        "h",
-    )?;
-    sb.assert_outside_untouched()?;
+    rejected("h", |_| [Entry::hardlink("h", "../../sentinel/etc/passwd")])?;
     // Absolute: means the layer's own path, which does not exist.
-    let sb = Sandbox::new()?;
-    assert_rejected(
-        run(&sb, &tar_of([Entry::hardlink("h", abs_passwd(&sb))])),
-        "h",
-    )?;
-    sb.assert_outside_untouched()?;
+    rejected("h", |sb| {
+        [Entry::hardlink(
+            "h",
+            sb.sentinel.join("etc/passwd").display().to_string(),
+        )]
+    })?;
     // Through a symlink pointing outside.
-    let sb = Sandbox::new()?;
-    let etc = sb.sentinel.join("etc").display().to_string();
-    let r = run(
-        &sb,
-        &tar_of([Entry::symlink("s", &etc), Entry::hardlink("h", "s/passwd")]),
-    );
-    assert_rejected(r, "h")?;
-    sb.assert_outside_untouched()?;
+    rejected("h", |sb| {
+        let etc = sb.sentinel.join("etc").display().to_string();
+        [Entry::symlink("s", &etc), Entry::hardlink("h", "s/passwd")]
+    })?;
     // Through a relative symlink climbing out.
-    let sb = Sandbox::new()?;
-    let r = run(
-        &sb,
-        &tar_of([
+    rejected("h", |_| {
+        [
             Entry::symlink("s", "../../sentinel/etc"),
             Entry::hardlink("h", "s/passwd"),
-        ]),
-    );
-    assert_rejected(r, "h")?;
-    sb.assert_outside_untouched()
+        ]
+    })
 }
 
 #[test]
@@ -217,12 +205,7 @@ fn whiteouts_and_opaque_markers_beneath_symlinks_stay_inside() -> Result<()> {
 #[test]
 fn bad_whiteout_names_are_rejected() -> Result<()> {
     for name in ["d/.wh.", "d/.wh..", "d/.wh..."] {
-        let sb = Sandbox::new()?;
-        assert_rejected(
-            run(&sb, &tar_of([Entry::dir("d"), Entry::file(name, "")])),
-            name,
-        )?;
-        sb.assert_outside_untouched()?;
+        rejected(name, |_| [Entry::dir("d"), Entry::file(name, "")])?;
     }
     Ok(())
 }
@@ -307,10 +290,8 @@ fn overlay_xattrs_from_the_layer_are_dropped() -> Result<()> {
 
 #[test]
 fn absurdly_deep_paths_are_rejected() -> Result<()> {
-    let sb = Sandbox::new()?;
     let name = "a/".repeat(2000) + "f";
-    assert_rejected(run(&sb, &tar_of([Entry::file(&name, "x")])), "a/a/a")?;
-    sb.assert_outside_untouched()
+    rejected("a/a/a", |_| [Entry::file(&name, "x")])
 }
 
 #[test]
