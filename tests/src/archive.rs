@@ -3,34 +3,11 @@
 //! container shows, a kernel overlayfs mount of a container, and wrappers
 //! around the `lamina`, `skopeo` and `umoci` command lines.
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-/// True when `cmd` is on PATH.
-pub fn have(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-}
-
-/// True when running as root (mknod, trusted xattrs, mount).
-pub fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Runs a command, failing with its stderr unless it succeeds.
-pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
-}
+pub use crate::overlay::{have, is_root, kernel_overlay_available, run};
 
 /// Runs `lamina --root ROOT ARGS...`, failing unless it succeeds; returns stdout.
 pub fn lamina(root: &Path, args: &[&str]) -> Result<String> {
@@ -82,32 +59,16 @@ impl OverlayMount {
         upper: Option<(&Path, &Path)>,
         dir: &Path,
     ) -> Result<OverlayMount> {
-        std::fs::create_dir_all(dir)?;
-        let lower: Vec<String> = lowers
-            .iter()
-            .rev()
-            .map(|p| p.display().to_string())
-            .collect();
-        let mut opts = format!("lowerdir={}", lower.join(":"));
-        if let Some((u, w)) = upper {
-            opts.push_str(&format!(
-                ",upperdir={},workdir={}",
-                u.display(),
-                w.display()
-            ));
-        }
-        // Plain overlayfs semantics: whiteouts and opaque dirs only, no redirects.
-        opts.push_str(",redirect_dir=off,index=off,metacopy=off");
         if lowers.len() == 1 && upper.is_none() {
             // overlayfs needs two layers without an upper; bind-mount one read-only instead.
+            std::fs::create_dir_all(dir)?;
             run(Command::new("mount")
                 .args(["--bind", "-o", "ro"])
                 .arg(&lowers[0])
                 .arg(dir))?;
         } else {
-            run(Command::new("mount")
-                .args(["-t", "overlay", "overlay", "-o", &opts])
-                .arg(dir))?;
+            let top_first: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+            crate::overlay::mount_plain_overlay(&top_first, upper, dir)?;
         }
         Ok(OverlayMount {
             dir: dir.to_path_buf(),
@@ -119,11 +80,6 @@ impl Drop for OverlayMount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.dir).status();
     }
-}
-
-/// Whether kernel overlayfs can be mounted here (root and the module present).
-pub fn kernel_overlay_available() -> bool {
-    is_root() && std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("overlay"))
 }
 
 /// Unpacks `image` of the OCI layout `layout` with umoci; returns the rootfs.

@@ -16,7 +16,7 @@ pub fn have(cmd: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
 }
 
-/// True when running as root.
+/// True when running as root (mount, mknod, trusted xattrs).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
@@ -26,8 +26,9 @@ pub fn run(cmd: &mut Command) -> Result<std::process::Output> {
     let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
         bail!(
-            "{cmd:?} failed ({}): {}",
+            "{cmd:?} failed ({}):\n{}{}",
             out.status,
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -180,6 +181,37 @@ pub fn kernel_overlay_available() -> bool {
     is_root() && std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("overlay"))
 }
 
+/// The `lowerdir=...[,upperdir=...,workdir=...]` mount options of `lowers`
+/// (top-most first, as in `lowerdir=`) and an optional `(upper, work)`.
+pub fn overlay_options(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> String {
+    let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    let mut opts = format!("lowerdir={}", lower.join(":"));
+    if let Some((u, w)) = upper {
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            u.display(),
+            w.display()
+        ));
+    }
+    opts
+}
+
+/// Mounts plain kernel overlayfs (whiteouts and opaque dirs only: no
+/// redirects, no index, no metacopy) of `lowers` (top-most first) with an
+/// optional `(upper, work)` at `dir`, making `dir` if needed.
+pub(crate) fn mount_plain_overlay(
+    lowers: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let opts = overlay_options(lowers, upper) + ",redirect_dir=off,index=off,metacopy=off";
+    run(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(dir))?;
+    Ok(())
+}
+
 /// A kernel overlayfs mount (plain: no redirects, no index), unmounted on drop.
 pub struct KernelMount {
     /// Where it is mounted.
@@ -193,20 +225,7 @@ impl KernelMount {
         upper: Option<(&Path, &Path)>,
         dir: &Path,
     ) -> Result<KernelMount> {
-        std::fs::create_dir_all(dir)?;
-        let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
-        let mut opts = format!("lowerdir={}", lower.join(":"));
-        if let Some((u, w)) = upper {
-            opts.push_str(&format!(
-                ",upperdir={},workdir={}",
-                u.display(),
-                w.display()
-            ));
-        }
-        opts.push_str(",redirect_dir=off,index=off,metacopy=off");
-        run(Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(dir))?;
+        mount_plain_overlay(lowers, upper, dir)?;
         Ok(KernelMount {
             dir: dir.to_path_buf(),
         })
@@ -245,17 +264,11 @@ impl LaminaMount {
         fd_budget: Option<usize>,
     ) -> Result<LaminaMount> {
         std::fs::create_dir_all(dir)?;
-        let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
-        let mut opts = format!("lowerdir={}", lower.join(":"));
         if let Some((u, w)) = upper {
             std::fs::create_dir_all(u)?;
             std::fs::create_dir_all(w)?;
-            opts.push_str(&format!(
-                ",upperdir={},workdir={}",
-                u.display(),
-                w.display()
-            ));
         }
+        let opts = overlay_options(lowers, upper);
         let mut cmd = Command::new(crate::bin("lamina-overlayfs"));
         if let Some(n) = fd_budget {
             cmd.env("LAMINA_FUSE_FD_BUDGET", n.to_string());

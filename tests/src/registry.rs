@@ -24,11 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// True when `cmd` is on PATH.
-pub fn have(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-}
+pub use crate::overlay::have;
 
 /// Skips the calling test loudly unless all `tools` are installed.
 #[macro_export]
