@@ -30,6 +30,28 @@ pub struct CommitOptions {
     pub sparse: bool,
 }
 
+impl CommitOptions {
+    /// The layer writer's options.
+    fn layer_options(&self) -> LayerOptions {
+        LayerOptions {
+            compression: self.compression,
+            sparse: self.sparse,
+        }
+    }
+
+    /// A config history entry for a layer made now (`created`) by `created_by`.
+    fn history(&self, created: &str, created_by: &str) -> Value {
+        let mut h = json!({"created": created, "created_by": created_by});
+        if let Some(a) = &self.author {
+            h["author"] = json!(a);
+        }
+        if let Some(m) = &self.message {
+            h["comment"] = json!(m);
+        }
+        h
+    }
+}
+
 /// What [`commit`] made.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -51,6 +73,30 @@ fn oci_layer_type(mt: &str) -> String {
     }
 }
 
+/// A manifest's descriptor of a layer blob we wrote.
+fn layer_descriptor(layer: &LayerDigests, blob: &Digest) -> Value {
+    json!({"mediaType": layer.media_type, "digest": blob.as_str(), "size": layer.size})
+}
+
+/// Stores `cfg`, then an OCI manifest of it and `layers`, and registers that
+/// manifest as an image named `name` (or unnamed).
+fn register_oci(
+    store: &Store,
+    name: Option<&str>,
+    cfg: &Value,
+    layers: Vec<Value>,
+) -> Result<ImageRecord> {
+    let (cfg_digest, cfg_size) = store.put_json(cfg)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": media_types::OCI_MANIFEST,
+        "config": {"mediaType": media_types::OCI_CONFIG, "digest": cfg_digest.as_str(), "size": cfg_size},
+        "layers": layers,
+    });
+    let (m_digest, _) = store.put_json(&manifest)?;
+    store.register_image(name, &m_digest)
+}
+
 /// Commits the container `container` as a new image named `name` (or unnamed).
 pub fn commit(
     store: &Store,
@@ -64,10 +110,7 @@ pub fn commit(
     let upper = c.upper_dir();
     let key = format!("commit-{}-{}", c.id, crate::time::now_nanos());
     let mut ingest = store.content().ingest(&key, None)?;
-    let lopts = LayerOptions {
-        compression: opts.compression,
-        sparse: opts.sparse,
-    };
+    let lopts = opts.layer_options();
     // The tar goes to the compressor (-> blob) and, at the same time, to the
     // store's unpacker (-> layer dir), so the layer is read from the upper once.
     let unpack_name = format!("committed layer of container {}", c.id);
@@ -139,20 +182,13 @@ pub fn commit(
         Some(ids) => ids.push(json!(diff_id.as_str())),
         None => rootfs["diff_ids"] = json!([diff_id.as_str()]),
     }
-    let mut h = json!({"created": created, "created_by": "lamina commit"});
-    if let Some(a) = &opts.author {
-        h["author"] = json!(a);
-    }
-    if let Some(m) = &opts.message {
-        h["comment"] = json!(m);
-    }
+    let h = opts.history(&created, "lamina commit");
     match obj.get_mut("history").and_then(|x| x.as_array_mut()) {
         Some(hist) => hist.push(h),
         None => {
             obj.insert("history".into(), json!([h]));
         }
     }
-    let (cfg_digest, cfg_size) = store.put_json(&cfg)?;
 
     // Manifest: the base's layers (media types in OCI spelling) plus the new one.
     let (base_manifest, _) = store.manifest(&base.manifest_digest)?;
@@ -161,17 +197,8 @@ pub fn commit(
         .iter()
         .map(|l| json!({"mediaType": oci_layer_type(&l.media_type), "digest": l.digest.as_str(), "size": l.size}))
         .collect();
-    layers
-        .push(json!({"mediaType": layer.media_type, "digest": blob.as_str(), "size": layer.size}));
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": media_types::OCI_MANIFEST,
-        "config": {"mediaType": media_types::OCI_CONFIG, "digest": cfg_digest.as_str(), "size": cfg_size},
-        "layers": layers,
-    });
-    let (m_digest, _) = store.put_json(&manifest)?;
-
-    let image = store.register_image(name, &m_digest)?;
+    layers.push(layer_descriptor(&layer, &blob));
+    let image = register_oci(store, name, &cfg, layers)?;
     Ok(Committed { image, layer })
 }
 
@@ -191,10 +218,7 @@ pub fn commit_dirs(
     opts: &CommitOptions,
 ) -> Result<ImageRecord> {
     let _lease = store.lease()?;
-    let lopts = LayerOptions {
-        compression: opts.compression,
-        sparse: opts.sparse,
-    };
+    let lopts = opts.layer_options();
     let created = crate::time::now_rfc3339();
     let (mut layers, mut diff_ids, mut history) = (Vec::new(), Vec::new(), Vec::new());
     for dir in dirs {
@@ -219,18 +243,9 @@ pub fn commit_dirs(
         }
         let diff_id = Digest::parse(&layer.diff_id)?;
         store.record_layer_blob(&blob, &diff_id, layer.media_type)?;
-        layers.push(
-            json!({"mediaType": layer.media_type, "digest": blob.as_str(), "size": layer.size}),
-        );
+        layers.push(layer_descriptor(&layer, &blob));
         diff_ids.push(json!(diff_id.as_str()));
-        let mut h = json!({"created": created, "created_by": created_by});
-        if let Some(a) = &opts.author {
-            h["author"] = json!(a);
-        }
-        if let Some(m) = &opts.message {
-            h["comment"] = json!(m);
-        }
-        history.push(h);
+        history.push(opts.history(&created, created_by));
     }
     let (os, architecture) = crate::import::host_platform();
     let mut cfg = json!({
@@ -244,13 +259,64 @@ pub fn commit_dirs(
     if let Some(a) = &opts.author {
         cfg["author"] = json!(a);
     }
-    let (cfg_digest, cfg_size) = store.put_json(&cfg)?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": media_types::OCI_MANIFEST,
-        "config": {"mediaType": media_types::OCI_CONFIG, "digest": cfg_digest.as_str(), "size": cfg_size},
-        "layers": layers,
-    });
-    let (m_digest, _) = store.put_json(&manifest)?;
-    store.register_image(Some(name), &m_digest)
+    register_oci(store, Some(name), &cfg, layers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::store;
+
+    /// `commit_dirs` writes each dir as a layer of an OCI image: descriptors
+    /// of stored blobs, the diff ids and one history entry per layer (with
+    /// author and comment) in the config, and layer dirs with the dirs' files.
+    #[test]
+    fn commit_dirs_makes_an_oci_image_of_the_dirs() {
+        let (_d, s) = store();
+        let src = tempfile::tempdir().unwrap();
+        let dirs: Vec<std::path::PathBuf> = ["one", "two"]
+            .iter()
+            .map(|n| {
+                let dir = src.path().join(n);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join(n), n.as_bytes()).unwrap();
+                dir
+            })
+            .collect();
+        let opts = CommitOptions {
+            author: Some("an author".into()),
+            message: Some("a comment".into()),
+            ..CommitOptions::default()
+        };
+        let img = commit_dirs(&s, &dirs, "lamina.local/dirs:1", "by the test", &opts).unwrap();
+        assert_eq!(img.manifest_media_type, media_types::OCI_MANIFEST);
+        assert_eq!(img.names, ["lamina.local/dirs:1"]);
+        let (m, _) = s.manifest(&img.manifest_digest).unwrap();
+        assert_eq!(m.layers.len(), 2);
+        for (l, il) in m.layers.iter().zip(&img.layers) {
+            assert_eq!(s.content().info(&l.digest).unwrap(), Some(l.size));
+            assert_eq!(l.media_type, Compression::Gzip.media_type());
+            assert_eq!(il.digest, l.digest);
+        }
+        let cfg: Value = serde_json::from_slice(
+            &s.content()
+                .read_limited(&img.config_digest, MAX_METADATA_BLOB)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["author"], "an author");
+        let diff_ids: Vec<&str> = img.layers.iter().map(|l| l.diff_id.as_str()).collect();
+        assert_eq!(cfg["rootfs"]["diff_ids"], json!(diff_ids));
+        let history = cfg["history"].as_array().unwrap();
+        assert_eq!(history.len(), 2);
+        for h in history {
+            assert_eq!(h["created"], cfg["created"]);
+            assert_eq!(h["created_by"], "by the test");
+            assert_eq!(h["author"], "an author");
+            assert_eq!(h["comment"], "a comment");
+        }
+        let layer_dirs = s.image_layer_dirs(&img).unwrap();
+        assert_eq!(std::fs::read(layer_dirs[0].join("one")).unwrap(), b"one");
+        assert_eq!(std::fs::read(layer_dirs[1].join("two")).unwrap(), b"two");
+    }
 }
