@@ -474,11 +474,21 @@ fn walk_upper<W: Write>(
 mod tests {
     use super::*;
     use crate::archive::testutil::entries;
+    use rustix::fs::FileType;
     use std::io::Read;
     use std::os::unix::fs::{FileExt, PermissionsExt, symlink};
 
     fn is_root() -> bool {
         rustix::process::geteuid().is_root()
+    }
+
+    fn setxattr(path: &Path, name: &str, value: &[u8]) {
+        rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();
+    }
+
+    fn mknod(path: &Path, kind: FileType, mode: u32, dev: rustix::fs::Dev) {
+        let mode = rustix::fs::Mode::from_raw_mode(mode);
+        rustix::fs::mknodat(rustix::fs::CWD, path, kind, mode, dev).unwrap();
     }
 
     /// An upper dir with one of every kind of change.
@@ -489,57 +499,23 @@ mod tests {
         std::fs::hard_link(root.join("etc/new.conf"), root.join("etc/link.conf")).unwrap();
         symlink("../etc/new.conf", root.join("symlink")).unwrap();
         std::fs::create_dir(root.join("opq")).unwrap();
-        rustix::fs::lsetxattr(
-            root.join("opq"),
-            "trusted.overlay.opaque",
-            b"y",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
+        setxattr(&root.join("opq"), "trusted.overlay.opaque", b"y");
         std::fs::write(root.join("opq/inner"), b"i").unwrap();
-        rustix::fs::lsetxattr(
-            root.join("etc/new.conf"),
-            "user.note",
-            b"v1",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
-        rustix::fs::lsetxattr(
-            root.join("etc/new.conf"),
-            "trusted.overlay.origin",
-            b"zz",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
+        setxattr(&root.join("etc/new.conf"), "user.note", b"v1");
+        setxattr(&root.join("etc/new.conf"), "trusted.overlay.origin", b"zz");
         std::fs::set_permissions(
             root.join("etc/sub/x"),
             std::fs::Permissions::from_mode(0o4755),
         )
         .unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            root.join("gone"),
-            rustix::fs::FileType::CharacterDevice,
-            rustix::fs::Mode::from_raw_mode(0),
-            0,
-        )
-        .unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            root.join("null"),
-            rustix::fs::FileType::CharacterDevice,
-            rustix::fs::Mode::from_raw_mode(0o666),
+        mknod(&root.join("gone"), FileType::CharacterDevice, 0, 0);
+        mknod(
+            &root.join("null"),
+            FileType::CharacterDevice,
+            0o666,
             rustix::fs::makedev(1, 3),
-        )
-        .unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            root.join("fifo"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        );
+        mknod(&root.join("fifo"), FileType::Fifo, 0o600, 0);
         let f = std::fs::File::create(root.join("sparse")).unwrap();
         f.set_len(64 << 20).unwrap();
         f.write_at(b"middle", 32 << 20).unwrap();
@@ -701,13 +677,11 @@ mod tests {
         }
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("moved")).unwrap();
-        rustix::fs::lsetxattr(
-            tmp.path().join("moved"),
+        setxattr(
+            &tmp.path().join("moved"),
             "trusted.overlay.redirect",
             b"/orig",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
+        );
         let err = write_layer(tmp.path(), std::io::sink(), &LayerOptions::default()).unwrap_err();
         assert!(err.to_string().contains("redirect_dir"), "{err}");
     }
