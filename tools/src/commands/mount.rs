@@ -27,6 +27,10 @@ pub struct Args {
     /// Overlay driver: `fuse` (default) or `kernel`.
     #[arg(long, default_value = "fuse")]
     pub driver: String,
+    /// FUSE-over-io_uring (FUSE driver): `auto` (when the kernel offers it),
+    /// `on` (fail if /sys/module/fuse/parameters/enable_uring is not Y), `off`.
+    #[arg(long, default_value = "auto")]
+    pub uring: String,
 }
 
 /// What `mount` records about a live mount.
@@ -233,8 +237,18 @@ fn mount_and_record(
             );
         }
     }
+    args.uring
+        .parse::<lamina_fuse::Uring>()
+        .map_err(anyhow::Error::msg)?;
     let pid = match args.driver.as_str() {
-        "fuse" => Some(mount_fuse(ctx, &dir, lowers, upper, &args.target)?),
+        "fuse" => Some(mount_fuse(
+            ctx,
+            &dir,
+            lowers,
+            upper,
+            &args.target,
+            &args.uring,
+        )?),
         "kernel" => {
             mount_kernel(&dir, lowers, upper)?;
             None
@@ -261,6 +275,7 @@ fn mount_fuse(
     lowers: &[PathBuf],
     upper: Option<&(PathBuf, PathBuf)>,
     target: &str,
+    uring: &str,
 ) -> anyhow::Result<u32> {
     let exe = std::env::current_exe().context("finding the lamina executable")?;
     let mut cmd = std::process::Command::new(exe);
@@ -272,6 +287,7 @@ fn mount_fuse(
         cmd.arg("--upper").arg(u).arg("--work").arg(w);
     }
     cmd.arg("--fsname").arg(format!("lamina:{target}"));
+    cmd.arg("--uring").arg(uring);
     // A fresh log per mount.
     std::fs::create_dir_all(records_dir(ctx))?;
     let log = log_path(ctx, dir);
@@ -375,13 +391,17 @@ pub struct ServeArgs {
     /// Log file for stderr once the mount is ready (default: /dev/null).
     #[arg(long)]
     pub log: Option<PathBuf>,
+    /// FUSE-over-io_uring: auto, on or off.
+    #[arg(long, default_value = "auto")]
+    pub uring: lamina_fuse::Uring,
 }
 
 /// Serves a mount in the foreground until it is unmounted.
 pub fn serve(_ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     lamina_fuse::daemon::detach();
     let upper = args.upper.zip(args.work);
-    let cfg = lamina_fuse::OverlayConfig::new(args.lowers, upper);
+    let mut cfg = lamina_fuse::OverlayConfig::new(args.lowers, upper);
+    cfg.uring = args.uring;
     let mounted = lamina_fuse::mount(cfg, &args.dir, &args.fsname)?;
     lamina_fuse::daemon::notify_ready();
     // The launcher exits now: nothing may go to its pipes any more.
