@@ -12,7 +12,8 @@
 # reused ext4, inodes freed by the previous run's cleanup slow down inode
 # allocation of whichever tool runs next. mkfs/mount and cleanup are not timed.
 # Needs root, containerd + ctr, skopeo, umoci, docker-registry, bc.
-# Usage: bench/pull-bench.sh [IMAGE...]   (default: bench/debian bench/python)
+# Usage: [RUNS=5] [FS=ext4|tmpfs] [LAMINA=bin] bench/pull-bench.sh [IMAGE...]
+#   (default images: bench/debian bench/python)
 set -eu
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 PORT=${PORT:-5000}
@@ -22,8 +23,11 @@ IMAGES=("$@"); [ ${#IMAGES[@]} -gt 0 ] || IMAGES=(bench/debian bench/python)
 REG=127.0.0.1:$PORT
 
 PORT=$PORT bash "$BENCH_IMAGES" >/dev/null
-(cd "$HERE" && cargo build -q --release -p lamina)
-LAMINA=$HERE/target/release/lamina
+# LAMINA=/path/to/lamina benchmarks that binary instead of building one.
+if [ -z "${LAMINA:-}" ]; then
+  (cd "$HERE" && cargo build -q --release -p lamina)
+  LAMINA=$HERE/target/release/lamina
+fi
 W=$(mktemp -d /tmp/pull-bench.XXXX)
 MNT=$W/mnt; mkdir -p "$MNT"
 FS=${FS:-ext4}

@@ -222,12 +222,13 @@ impl Store {
     /// Like [`Store::unpack_layer`] with an expected diff id, but the parent
     /// chain need not exist yet: it may still be being unpacked (by another
     /// thread of this pull). `wait_parent` blocks until the parent chain is in
-    /// the store (or returns why it never will be); it is called only when
-    /// this layer needs its lower layers while unpacking (a hardlink to a
-    /// file it does not have, a directory its tar does not list; the tar is
-    /// then waited on at that entry, so the result is exactly that of
-    /// [`Store::unpack_layer`]) and, in any case, before the layer is synced
+    /// the store (or returns why it never will be); it is called when this
+    /// layer needs its lower layers while unpacking (a hardlink to a file it
+    /// does not have: the tar is then waited on at that entry), once the
+    /// whole tar is applied (directories its tar does not list take their
+    /// metadata from the lower layers then), and before the layer is synced
     /// and renamed into place: a layer is never recorded before its parents.
+    /// The result is exactly that of [`Store::unpack_layer`].
     /// It may be called several times. With `parent` `None` this is
     /// `unpack_layer(None, Some(diff_id), ..)`.
     pub fn unpack_layer_on_pending_parent(
@@ -393,6 +394,7 @@ impl Store {
             layer: name.to_string(),
             error,
         })?;
+        tracing::debug!(layer = name, entries = stats.entries, "layer tar applied");
         let diff = Digest::parse(&stats.diff_id)?;
         Ok((tmp, diff, stats.size))
     }
@@ -407,9 +409,11 @@ impl Store {
         name: &str,
     ) -> Result<LayerInfo> {
         // One syncfs for the whole layer instead of an fsync per file.
+        let started = std::time::Instant::now();
         let dir = std::fs::File::open(&tmp.path).at(&tmp.path)?;
         rustix::fs::syncfs(&dir).at(&tmp.path)?;
         drop(dir);
+        tracing::debug!(layer = name, "layer synced in {:?}", started.elapsed());
         let target = self.layer_dir(chain);
         if target.exists() {
             // Complete (every producer renames into place) but without a row: a
@@ -724,6 +728,145 @@ mod store_tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("neither in this layer"), "{err}");
+    }
+
+    /// A tar of `(name, kind, mode, uid, mtime)`; kind `d` dir, `f` file,
+    /// `b` 3 MiB file.
+    fn meta_tar(entries: &[(&str, char, u32, u64, u64)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for &(name, kind, mode, uid, mtime) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(mode);
+            h.set_uid(uid);
+            h.set_gid(uid);
+            h.set_mtime(mtime);
+            let big = vec![1u8; 3 << 20];
+            let data: &[u8] = match kind {
+                'd' => b"",
+                'b' => &big,
+                _ => b"data",
+            };
+            h.set_entry_type(if kind == 'd' {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            });
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Releases the second part of a stream once `gate` says so, or after
+    /// a while: an unpack that waits for its parent in the middle of the
+    /// tar opens the gate itself (see the test below).
+    struct Gated {
+        first: std::io::Cursor<Vec<u8>>,
+        second: std::io::Cursor<Vec<u8>>,
+        gate: std::sync::mpsc::Receiver<()>,
+        opened: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl std::io::Read for Gated {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.first.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            if !self.opened.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = self
+                    .gate
+                    .recv_timeout(std::time::Duration::from_millis(500));
+                self.opened.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            self.second.read(buf)
+        }
+    }
+
+    #[test]
+    fn implicit_directories_do_not_wait_for_a_pending_parent() {
+        use std::io::Read as _;
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (_d, s) = store();
+        let bottom = meta_tar(&[
+            ("etc/", 'd', 0o755, 0, 1_500_000_000),
+            ("etc/dpkg/", 'd', 0o700, 7, 1_600_000_000),
+            ("x/", 'd', 0o755, 0, 1_500_000_000),
+            ("y/", 'd', 0o755, 0, 1_500_000_000),
+        ]);
+        let bottom_diff = Digest::of(&bottom);
+        s.unpack_layer(None, Some(&bottom_diff), &bottom[..], "bottom")
+            .unwrap();
+        // `etc/`, `etc/dpkg/` and `etc/dpkg/origins/` are implicit; `x/` is
+        // implicit, then listed; `y/` is implicit, then replaced by a file.
+        let first = meta_tar(&[
+            ("etc/dpkg/origins/default", 'f', 0o644, 0, 1_700_000_000),
+            ("x/f", 'f', 0o644, 0, 1_700_000_000),
+            ("y/f", 'f', 0o644, 0, 1_700_000_000),
+            // More than the unpacker's first chunk: the entries above are
+            // applied while the stream is still held at the gate.
+            ("big", 'b', 0o644, 0, 1_700_000_000),
+        ]);
+        let end = meta_tar(&[
+            ("x/", 'd', 0o711, 3, 1_650_000_000),
+            ("y", 'f', 0o600, 0, 1_700_000_000),
+        ]);
+        // `first` without its end-of-archive blocks, then `end`.
+        let mut top = first[..first.len() - 1024].to_vec();
+        top.extend_from_slice(&end);
+        let top_diff = Digest::of(&top);
+        let split = first.len() - 1024;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let opened = Arc::new(AtomicBool::new(false));
+        let reader = Gated {
+            first: std::io::Cursor::new(top[..split].to_vec()),
+            second: std::io::Cursor::new(top[split..].to_vec()),
+            gate: rx,
+            opened: opened.clone(),
+        };
+        let waited_mid_stream = AtomicBool::new(false);
+        let tx = std::sync::Mutex::new(tx);
+        let info = s
+            .unpack_layer_on_pending_parent(Some(&bottom_diff), &top_diff, reader, "top", || {
+                if !opened.load(Ordering::SeqCst) {
+                    waited_mid_stream.store(true, Ordering::SeqCst);
+                    let _ = tx.lock().unwrap().send(());
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            !waited_mid_stream.load(Ordering::SeqCst),
+            "the unpack waited for its parent at an implicit directory"
+        );
+        let dir = s.layer_dir(&info.chain_id);
+        let md = |p: &str| std::fs::symlink_metadata(dir.join(p)).unwrap();
+        // Inherited from the lower layer.
+        let dpkg = md("etc/dpkg");
+        assert_eq!(
+            (dpkg.mode() & 0o7777, dpkg.uid(), dpkg.gid(), dpkg.mtime()),
+            (0o700, 7, 7, 1_600_000_000)
+        );
+        assert_eq!(md("etc").mtime(), 1_500_000_000);
+        // Not in the lower layer: root 0755 as created.
+        assert!(md("etc/dpkg/origins").is_dir());
+        assert_eq!(md("etc/dpkg/origins").uid(), 0);
+        // Listed later: the listing wins.
+        let x = md("x");
+        assert_eq!(
+            (x.mode() & 0o7777, x.uid(), x.mtime()),
+            (0o711, 3, 1_650_000_000)
+        );
+        // Replaced by a file: stays the file.
+        assert!(md("y").is_file());
+        let mut data = String::new();
+        std::fs::File::open(dir.join("y"))
+            .unwrap()
+            .read_to_string(&mut data)
+            .unwrap();
+        assert_eq!(data, "data");
     }
 
     #[test]

@@ -31,7 +31,13 @@
 //!   A symlink that leads nowhere inside the layer makes the entry an error.
 //! - A directory the tar needs but does not list takes the owner, mode and
 //!   times of the same directory in the nearest lower layer (0755 root
-//!   otherwise), so the merged view keeps them.
+//!   otherwise), so the merged view keeps them. This is applied after the
+//!   last entry (to those still implicit then), so the lower layers are
+//!   not needed before.
+//! - Regular files of 16 KiB or more get their writeback started as soon
+//!   as they are written (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, a hint
+//!   without durability): the disk writes the layer while it unpacks, and
+//!   the caller's final `syncfs` finds little left to flush.
 //! - Whiteouts and opaque markers never follow symlinks: one below a
 //!   symlink or any other non-directory of the same layer is dropped (that
 //!   node already hides everything below it; umoci writes these when a
@@ -105,8 +111,9 @@ pub fn unpack(
 
 /// Like [`unpack`], but the parent layers' directories (nearest first) come
 /// from `lowers`, which is called at most once and only when the layer
-/// needs them: for a hardlink whose target this layer does not have, or a
-/// directory the tar does not list (it inherits the lower one's metadata).
+/// needs them: at a hardlink whose target this layer does not have, or
+/// after the last entry for the directories the tar does not list (they
+/// inherit the lower ones' metadata).
 /// `lowers` may block until the parent layers exist, so a layer can unpack
 /// while its parents are still being unpacked; the result is the same as
 /// [`unpack`] with the final directories. An `Err(reason)` from `lowers`

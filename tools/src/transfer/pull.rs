@@ -16,9 +16,10 @@
 //!    blob never becomes a layer dir); a resumed or spilled one is unpacked
 //!    from the committed (re-verified) blob. A layer above the bottom one
 //!    unpacks with [`Store::unpack_layer_on_pending_parent`]: it waits for
-//!    the layer below only where it needs it (a hardlink into it, a
-//!    directory it does not list) and before it is renamed into place, so
-//!    layer dirs still appear bottom-up and only complete.
+//!    the layer below only where it needs it (at a hardlink into it; the
+//!    metadata of directories it does not list is copied after its last
+//!    entry) and before it is renamed into place, so layer dirs still
+//!    appear bottom-up and only complete.
 //! 5. Store config, manifest (and index) as blobs, then register the image
 //!    under its name. A failure before this step leaves only resumable
 //!    ingests (and verified blobs/layers nothing references, which gc
@@ -444,7 +445,10 @@ async fn download(
                         t.finish(Ok(()));
                     }
                     ingest.flush().context("writing to the store's ingest")?;
+                    let started = std::time::Instant::now();
+                    let key = ingest.key().to_string();
                     ingest.commit()?;
+                    tracing::debug!(blob = key, "blob committed in {:?}", started.elapsed());
                     return Ok(());
                 }
                 Msg::End(Err((e, bad))) => {

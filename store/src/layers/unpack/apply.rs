@@ -13,7 +13,7 @@
 //! becomes opaque instead), and an entry that comes after its own whiteout
 //! replaces the whiteout (a directory is then made opaque).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -27,6 +27,10 @@ use super::fs::{self as lfs, DIR_FLAGS, Tree};
 use super::path::{self, NameKind};
 
 pub use super::fs::OPAQUE_XATTR;
+/// Files at least this large get their writeback started as soon as they
+/// are written ([`crate::sys::start_writeback`]); smaller ones are left to
+/// the kernel's batching and the final syncfs.
+const WRITEBACK_MIN: u64 = 16 << 10;
 /// xattrs overlayfs interprets (`user.overlay.*` under `userxattr`); a
 /// layer may not set them (a forged `redirect` would make the mount look
 /// elsewhere).
@@ -52,9 +56,9 @@ struct DirMeta {
 }
 
 /// The lower layers' directories, nearest first; opened only when first
-/// needed (a hardlink whose target is not in this layer, a directory the tar
-/// does not list), so a caller may still be producing them while this layer
-/// unpacks.
+/// needed (a hardlink whose target is not in this layer, or in
+/// [`Applier::finish`] for the directories the tar does not list), so a
+/// caller may still be producing them while this layer unpacks.
 pub enum Lowers<'a> {
     /// Already open.
     Ready(&'a [Tree]),
@@ -100,6 +104,10 @@ pub struct Applier<'a> {
     lowers: Lowers<'a>,
     layer: &'a str,
     dirs: HashMap<Vec<u8>, DirMeta>,
+    /// Directories this layer needs but does not list (yet): they inherit
+    /// the lower layers' metadata in [`Applier::finish`], so an unpack
+    /// whose parents are still pending does not wait for them here.
+    implicit: BTreeSet<Vec<u8>>,
     buf: Vec<u8>,
     euid: u32,
     egid: u32,
@@ -165,6 +173,7 @@ impl<'a> Applier<'a> {
             lowers,
             layer,
             dirs: HashMap::new(),
+            implicit: BTreeSet::new(),
             buf: vec![0; 1 << 20],
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
@@ -333,9 +342,7 @@ impl<'a> Applier<'a> {
         let mut created = Vec::new();
         let pfd = match self.tree.take_parent(parent, Some(&mut created)) {
             Ok(fd) => {
-                for dir in created {
-                    self.inherit_from_lowers(&raw, &dir)?;
-                }
+                self.implicit.extend(created);
                 fd
             }
             Err(e) => return Err(self.failed(&raw, "open parent directory")(e)),
@@ -354,7 +361,28 @@ impl<'a> Applier<'a> {
     /// A directory this layer needs but does not list (its tar has
     /// `a/b/f` without `a/b/`) takes the owner, mode and times of the same
     /// directory in the nearest lower layer, as the merged view had it;
-    /// without one it stays root-owned 0755.
+    /// without one it stays root-owned 0755. Done at the end, for the
+    /// directories still implicit then (a later entry may have listed,
+    /// replaced or removed them): the result is the same as at creation,
+    /// since the lower layers never change, but the lower layers are only
+    /// waited for once this layer's tar is applied.
+    fn inherit_implicit_dirs(&mut self) -> Result<(), UnpackError> {
+        for rel in std::mem::take(&mut self.implicit) {
+            let (parent, name) = path::split_parent(&rel);
+            // Still a directory of this layer, reached without symlinks?
+            let Ok(pfd) = self.tree.open_dir_no_symlinks(parent) else {
+                continue;
+            };
+            match lfs::lstat(pfd.as_fd(), name) {
+                Ok(Some(st)) if lfs::is_dir(&st) => {}
+                Ok(_) => continue,
+                Err(e) => return Err(self.failed(&rel, "stat implicit directory")(e)),
+            }
+            self.inherit_from_lowers(&rel, &rel)?;
+        }
+        Ok(())
+    }
+
     fn inherit_from_lowers(&mut self, raw: &[u8], rel: &[u8]) -> Result<(), UnpackError> {
         let (parent, name) = path::split_parent(rel);
         let lowers = self.lowers.get(self.layer)?;
@@ -569,7 +597,14 @@ impl<'a> Applier<'a> {
                         .map_err(|e| self.failed(raw, "set xattr")(e.into()))?;
                 }
                 rustix::fs::futimens(&fd, &meta.times)
-                    .map_err(|e| self.failed(raw, "set times")(e.into()))
+                    .map_err(|e| self.failed(raw, "set times")(e.into()))?;
+                if size >= WRITEBACK_MIN {
+                    // Write-behind: the disk writes this file while the rest
+                    // of the layer unpacks, so the caller's final syncfs has
+                    // little left to do. Only a hint: errors are the sync's.
+                    let _ = crate::sys::start_writeback(fd.as_fd());
+                }
+                Ok(())
             }
             EntryType::Symlink => {
                 let target = entry
@@ -757,6 +792,7 @@ impl<'a> Applier<'a> {
             rustix::fs::fsetxattr(fd, k.as_slice(), v, XattrFlags::empty())
                 .map_err(|e| self.failed(raw, "set xattr")(e.into()))?;
         }
+        self.implicit.remove(rel);
         self.dirs.insert(
             rel.to_vec(),
             DirMeta {
@@ -897,8 +933,10 @@ impl<'a> Applier<'a> {
         dst.flush().map_err(self.failed(raw, "write file"))
     }
 
-    /// Applies the deferred directory modes and times, deepest first.
+    /// Gives implicit directories their lower twins' metadata, then applies
+    /// the deferred directory modes and times, deepest first.
     pub fn finish(mut self) -> Result<u64, UnpackError> {
+        self.inherit_implicit_dirs()?;
         let mut dirs: Vec<(Vec<u8>, DirMeta)> =
             std::mem::take(&mut self.dirs).into_iter().collect();
         dirs.sort_by_key(|(p, _)| {
