@@ -200,8 +200,8 @@ fn uring_on_serves_requests_through_io_uring_and_off_does_not() -> Result<()> {
     let pid = server_pid(&on.dir)?;
     let rings = uring_completions(pid)?;
     ensure!(
-        rings.len() == possible_cpus(),
-        "uring=on: {} io_uring fds in the server, expected one per possible CPU ({})",
+        !rings.is_empty() && rings.len() % possible_cpus() == 0,
+        "uring=on: {} io_uring fds in the server, expected rings for each possible CPU ({})",
         rings.len(),
         possible_cpus()
     );

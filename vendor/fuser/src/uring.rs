@@ -8,6 +8,8 @@
 //!   of the CPU its caller runs on. Each queue here is one thread pinned to
 //!   that CPU with its own ring (SQE128: the command area holds
 //!   `fuse_uring_cmd_req`), so a request wakes a thread on its own CPU;
+//!   `RINGS_PER_QUEUE` such threads per queue, one entry each, so a slow
+//!   request holds up only its own thread;
 //! - each ring entry is a headers buffer (`fuse_uring_req_header`: in_out[128]
 //!   (fuse_in_header in, fuse_out_header out), op_in[128] (the first in-arg,
 //!   when it is not empty), `fuse_uring_ent_in_out` (commit id, payload size))
@@ -79,8 +81,13 @@ const IN_HEADER_SIZE: usize = 40;
 const OUT_HEADER_SIZE: usize = 16;
 /// Minimum payload the kernel accepts (`FUSE_MIN_READ_BUFFER`).
 const FUSE_MIN_READ_BUFFER: usize = 8192;
-/// Ring entries per queue.
-const QUEUE_DEPTH: usize = 4;
+/// Ring entries per ring. One: the kernel hands a request to the first free
+/// entry of its CPU's queue, so an entry sitting behind a slow request of the
+/// same thread would wait for it; with one entry per thread it cannot.
+const QUEUE_DEPTH: usize = 1;
+/// Threads (each with its own ring) per CPU queue, so that one slow request
+/// (a big copy-up) does not hold up the other requests of its CPU.
+const RINGS_PER_QUEUE: usize = 2;
 
 /// What the INIT exchange decided for io_uring.
 #[derive(Debug, Clone, Copy)]
@@ -340,10 +347,10 @@ pub(crate) fn start_queues<FS: Filesystem>(
 ) -> (Vec<JoinHandle<io::Result<()>>>, Option<io::Error>) {
     let nr = possible_cpus();
     let (tx, rx) = mpsc::channel::<(usize, io::Result<()>)>();
-    let mut threads = Vec::with_capacity(nr);
+    let mut threads = Vec::with_capacity(nr * RINGS_PER_QUEUE);
     let mut first_err = None;
-    for qid in 0..nr {
-        let thread_name = format!("fuser-uring-{qid}");
+    for (qid, k) in (0..nr).flat_map(|q| (0..RINGS_PER_QUEUE).map(move |k| (q, k))) {
+        let thread_name = format!("fuser-uring-{qid}.{k}");
         let event_loop = SessionEventLoop {
             thread_name: thread_name.clone(),
             filesystem: filesystem.clone(),
@@ -373,7 +380,7 @@ pub(crate) fn start_queues<FS: Filesystem>(
         }
     }
     if first_err.is_none() {
-        info!("FUSE over io_uring: {nr} queues of {QUEUE_DEPTH} entries");
+        info!("FUSE over io_uring: {nr} queues of {RINGS_PER_QUEUE} threads");
     }
     (threads, first_err)
 }
