@@ -196,7 +196,12 @@ fn uring_on_serves_requests_through_io_uring_and_off_does_not() -> Result<()> {
     std::fs::create_dir_all(&lower)?;
     std::fs::write(lower.join("f"), "lower\n")?;
 
-    let on = mount_uring(&[lower.clone()], None, &tmp.path().join("on"), "on")?;
+    let on = mount_uring(
+        std::slice::from_ref(&lower),
+        None,
+        &tmp.path().join("on"),
+        "on",
+    )?;
     let pid = server_pid(&on.dir)?;
     let rings = uring_completions(pid)?;
     ensure!(
@@ -268,7 +273,7 @@ fn change(r: &Path) -> std::io::Result<()> {
     std::fs::write(r.join("deep/l1only/f"), "rewritten\n")?;
     std::os::unix::fs::lchown(r.join("modes/owned"), Some(42), Some(43))?;
     rustix::fs::setxattr(
-        &r.join("attrs"),
+        r.join("attrs"),
         "user.color",
         b"red",
         rustix::fs::XattrFlags::empty(),
@@ -502,7 +507,7 @@ fn uring_on_unmount_ends_the_server() -> Result<()> {
     for round in 0..3 {
         let dir = tmp.path().join("m");
         let m = mount_uring(
-            &[lower.clone()],
+            std::slice::from_ref(&lower),
             Some((&tmp.path().join("u"), &tmp.path().join("w"))),
             &dir,
             "on",
