@@ -294,13 +294,8 @@ impl<FS: Filesystem> Session<FS> {
         #[cfg(target_os = "linux")]
         let uring_threads = match uring {
             Some(params) => {
-                let (threads, err) = crate::uring::start_queues(
-                    params,
-                    &ch,
-                    &filesystem,
-                    allowed,
-                    session_owner,
-                );
+                let (threads, err) =
+                    crate::uring::start_queues(params, &ch, &filesystem, allowed, session_owner);
                 if let Some(tx) = uring_ready {
                     let _ = tx.send(match &err {
                         Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
@@ -635,7 +630,10 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             match self.ch.receive_retrying(buf) {
-                Ok(size) => match RequestWithSender::new(ReplySender::Channel(self.ch.sender()), &buf[..size]) {
+                Ok(size) => match RequestWithSender::new(
+                    ReplySender::Channel(self.ch.sender()),
+                    &buf[..size],
+                ) {
                     // Dispatch request
                     Some(req) => {
                         if let Ok(Operation::Destroy(_)) = req.request.operation() {
