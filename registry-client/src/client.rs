@@ -72,7 +72,9 @@ struct RegistryState {
 
 struct Inner {
     http: reqwest::Client,
-    http_insecure: reqwest::Client,
+    /// Only with `opts.insecure`: building a client loads the system's CA
+    /// certificates (tens of ms), which a pull should not pay for nothing.
+    http_insecure: Option<reqwest::Client>,
     opts: ClientOptions,
     registries: tokio::sync::Mutex<HashMap<String, RegistryState>>,
     tokens: Mutex<HashMap<(String, String), Token>>,
@@ -112,7 +114,11 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 http: build(false)?,
-                http_insecure: build(true)?,
+                http_insecure: if opts.insecure {
+                    Some(build(true)?)
+                } else {
+                    None
+                },
                 opts,
                 registries: tokio::sync::Mutex::new(HashMap::new()),
                 tokens: Mutex::new(HashMap::new()),
@@ -127,10 +133,9 @@ impl Client {
     }
 
     fn http_for(&self, registry: &str) -> &reqwest::Client {
-        if self.inner.opts.insecure && !is_loopback_host(registry) {
-            &self.inner.http_insecure
-        } else {
-            &self.inner.http
+        match &self.inner.http_insecure {
+            Some(insecure) if !is_loopback_host(registry) => insecure,
+            _ => &self.inner.http,
         }
     }
 
