@@ -263,12 +263,27 @@ impl LaminaMount {
         dir: &Path,
         fd_budget: Option<usize>,
     ) -> Result<LaminaMount> {
+        Self::mount_with(lowers, upper, dir, fd_budget, "")
+    }
+
+    /// Like [`LaminaMount::mount_with_fd_budget`], with `extra` appended to
+    /// the `-o` options (e.g. `uring=off`).
+    pub fn mount_with(
+        lowers: &[PathBuf],
+        upper: Option<(&Path, &Path)>,
+        dir: &Path,
+        fd_budget: Option<usize>,
+        extra: &str,
+    ) -> Result<LaminaMount> {
         std::fs::create_dir_all(dir)?;
         if let Some((u, w)) = upper {
             std::fs::create_dir_all(u)?;
             std::fs::create_dir_all(w)?;
         }
-        let opts = overlay_options(lowers, upper);
+        let mut opts = overlay_options(lowers, upper);
+        if !extra.is_empty() {
+            opts = format!("{opts},{extra}");
+        }
         let mut cmd = Command::new(crate::bin("lamina-overlayfs"));
         if let Some(n) = fd_budget {
             cmd.env("LAMINA_FUSE_FD_BUDGET", n.to_string());
