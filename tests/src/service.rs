@@ -117,7 +117,40 @@ impl Serve {
 impl Drop for Serve {
     fn drop(&mut self) {
         self.stop();
+        // The FUSE overlays the daemon mounted ahead outlive it by design;
+        // detached here so the temp dir's removal never walks into one and
+        // their servers exit.
+        for m in mounts_under(&self.root) {
+            let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
+        }
     }
+}
+
+/// Mount points at or below `dir`, deepest first (from /proc/self/mountinfo).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort();
+    found.dedup();
+    found.reverse();
+    found
+}
+
+/// The filesystem type of the mount at exactly `dir` (`fuse.lamina`,
+/// `overlay`, ...), from /proc/self/mountinfo; `None` if nothing is mounted
+/// there.
+pub fn mount_type(dir: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (Path::new(left.split(' ').nth(4)?) == dir)
+            .then(|| right.split(' ').next().unwrap_or_default().to_owned())
+    })
 }
 
 /// A real containerd whose `lamina` snapshotter is a [`Serve`]. Killed on drop.

@@ -3,7 +3,9 @@
 //! kernel overlay mounts and once with lamina's FUSE mounts.
 
 use lamina_tests::registry::{Auth, Registry};
-use lamina_tests::service::{Containerd, LAYER2_CONTENT, LAYER2_FILE, Serve, build_runnable_image};
+use lamina_tests::service::{
+    Containerd, LAYER2_CONTENT, LAYER2_FILE, Serve, build_runnable_image, mount_type,
+};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -149,20 +151,34 @@ fn pull_run_commit_gc(driver: &str) {
     let mounts = ctd
         .ctr_ok(&[&["snapshots"][..], &sn, &["mounts", "/tmp/unused", "t3"]].concat())
         .unwrap();
-    assert!(
-        mounts.contains("lowerdir="),
-        "t3 sits on top of the committed layers: {mounts}"
-    );
-    let mount_type = if driver == "fuse" {
-        "-t fuse3.lamina-overlayfs"
+    if driver == "fuse" {
+        // A bind of the FUSE overlay lamina mounted when t3 was prepared.
+        assert!(mounts.contains("-t bind"), "fuse driver: {mounts}");
+        let merged = mounts
+            .split_whitespace()
+            .find(|w| w.ends_with("/merged"))
+            .unwrap_or_else(|| panic!("no merged dir in {mounts}"));
+        let merged = Path::new(merged);
+        assert_eq!(mount_type(merged).as_deref(), Some("fuse.lamina"));
+        assert_eq!(
+            std::fs::read_to_string(merged.join("newfile")).unwrap(),
+            "written-in-t2\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(merged.join(LAYER2_FILE)).unwrap(),
+            LAYER2_CONTENT
+        );
     } else {
-        "-t overlay"
-    };
-    assert!(mounts.contains(mount_type), "{driver} driver: {mounts}");
-    assert!(
-        mounts.contains(&hexes[0]) && mounts.contains(&hexes[1]),
-        "{mounts}"
-    );
+        assert!(mounts.contains("-t overlay"), "kernel driver: {mounts}");
+        assert!(
+            mounts.contains("lowerdir="),
+            "t3 sits on top of the committed layers: {mounts}"
+        );
+        assert!(
+            mounts.contains(&hexes[0]) && mounts.contains(&hexes[1]),
+            "{mounts}"
+        );
+    }
 
     // Restarting lamina keeps every snapshot and its contents, and leaves a
     // running container alone.
@@ -299,6 +315,34 @@ fn containerd_and_lamina_pull_share_layer_dirs() {
     let layers = root.join("layers");
     let dirs = dir_names(&layers);
     assert_eq!(dirs.len(), 2);
+
+    // What containerd's applier wrote through lamina's extraction mounts is
+    // what `lamina pull` unpacks on its own (another root): names, kinds,
+    // modes, owners, content, xattrs, file mtimes, hardlinks, whiteouts. Only
+    // a whiteout's own mtime may differ (containerd leaves the device's
+    // creation time): no overlay ever shows it.
+    let alone = tmp.path().join("alone");
+    lamina(&alone, &["pull", &img_a]);
+    assert_eq!(dir_names(&alone.join("layers")), dirs);
+    let tree = |dir: &Path| {
+        let mut t = lamina_tests::tree::snapshot(dir, Default::default()).unwrap();
+        for n in t.nodes.values_mut() {
+            if n.kind == "char" && n.detail == "0:0" {
+                n.mtime = None;
+            }
+        }
+        t
+    };
+    for d in &dirs {
+        let by_lamina = tree(&alone.join("layers").join(d));
+        assert!(
+            by_lamina.nodes.len() > 3,
+            "{d}: {:?}",
+            by_lamina.nodes.keys()
+        );
+        let by_containerd = tree(&layers.join(d));
+        lamina_tests::tree::assert_same(&by_lamina, &by_containerd, &format!("layer {d}")).unwrap();
+    }
     let inodes: Vec<u64> = dirs.iter().map(|d| inode(&layers.join(d))).collect();
     lamina(&root, &["pull", &img_a]);
     assert_eq!(dir_names(&layers), dirs, "no second copy");

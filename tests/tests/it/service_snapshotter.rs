@@ -429,3 +429,150 @@ fn send_junk(socket: &Path, junk: &[u8]) {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
 }
+
+fn mounts(k: &str) -> api::MountsRequest {
+    api::MountsRequest {
+        snapshotter: "lamina".into(),
+        key: k.into(),
+    }
+}
+
+fn option<'a>(m: &'a api_types::Mount, name: &str) -> &'a str {
+    m.options
+        .iter()
+        .find_map(|o| o.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {name}= in {m:?}"))
+}
+
+use containerd_snapshots::api::types as api_types;
+
+/// With `--driver fuse`: containerd's layer extraction writes the upper dir
+/// directly (a bind for the first layer, an `overlay` spec containerd
+/// applies into without mounting for the others: no FUSE on pull), while a
+/// container's snapshot is a bind of a FUSE overlay lamina mounted ahead.
+/// That mount survives a restart of the daemon, is mounted again when it is
+/// gone, and is detached when the snapshot is removed.
+#[test]
+fn fuse_driver_extraction_writes_uppers_and_containers_get_a_premounted_overlay() {
+    if !lamina_tests::overlay::fuse_available() {
+        eprintln!("SKIPPED: needs root and /dev/fuse");
+        return;
+    }
+    const CHAIN2: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+    let tmp = tempfile::Builder::new()
+        .prefix("lamina-svc-kinds-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path().join("root");
+    let mut serve = Serve::start(&root, tmp.path(), "fuse", &[]).unwrap();
+    let layer = |chain: &str| {
+        root.join("layers")
+            .join(chain.trim_start_matches("sha256:"))
+    };
+    let merged = rt().block_on(async {
+        let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
+        // First layer, `ctr images pull`'s key format: a bind of the upper.
+        let first = format!("ns/1/extract-1 {CHAIN}");
+        let m = c
+            .prepare(prepare(&first, "", &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        assert_eq!((m.len(), m[0].r#type.as_str()), (1, "bind"), "{m:?}");
+        assert!(
+            m[0].source
+                .starts_with(root.join("snapshots").to_str().unwrap())
+        );
+        std::fs::write(Path::new(&m[0].source).join("base"), "from layer 1").unwrap();
+        c.commit(commit(&format!("ns/2/{CHAIN}"), &first))
+            .await
+            .unwrap();
+
+        // Second layer, CRI's label: an overlay spec over the first layer's
+        // dir, whose upper containerd writes in overlay format.
+        let second = "ns/3/extract-2";
+        let m = c
+            .prepare(prepare(
+                second,
+                &format!("ns/2/{CHAIN}"),
+                &[("containerd.io/snapshot.ref", CHAIN2)],
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        assert_eq!(m[0].r#type, "overlay", "{m:?}");
+        assert_eq!(Path::new(option(&m[0], "lowerdir")), layer(CHAIN));
+        let upper = option(&m[0], "upperdir").to_owned();
+        assert!(
+            lamina_tests::service::mounts_under(&root).is_empty(),
+            "nothing mounted for an extraction"
+        );
+        std::fs::write(Path::new(&upper).join("top"), "from layer 2").unwrap();
+        c.commit(commit(&format!("ns/4/{CHAIN2}"), second))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(layer(CHAIN2).join("top")).unwrap(),
+            "from layer 2"
+        );
+
+        // A container: a bind of a live FUSE overlay of both layers.
+        let m = c
+            .prepare(prepare("ns/5/box", &format!("ns/4/{CHAIN2}"), &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        assert_eq!(m[0].r#type, "bind", "{m:?}");
+        assert!(m[0].options.contains(&"rw".to_string()));
+        let merged = std::path::PathBuf::from(&m[0].source);
+        assert_eq!(merged.file_name().unwrap(), "merged");
+        assert_eq!(
+            lamina_tests::service::mount_type(&merged).as_deref(),
+            Some("fuse.lamina")
+        );
+        assert_eq!(
+            std::fs::read_to_string(merged.join("base")).unwrap(),
+            "from layer 1"
+        );
+        std::fs::write(merged.join("written"), "by the container").unwrap();
+        let upper = merged.parent().unwrap().join("fs");
+        assert_eq!(
+            std::fs::read_to_string(upper.join("written")).unwrap(),
+            "by the container"
+        );
+        let again = c.mounts(mounts("ns/5/box")).await.unwrap().into_inner();
+        assert_eq!(again.mounts, m, "Mounts reuses the mount");
+        merged
+    });
+
+    // A restart leaves the mount and its server alone.
+    serve.restart().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(merged.join("top")).unwrap(),
+        "from layer 2"
+    );
+    // Gone (a reboot, a dead server): the next Mounts mounts it again.
+    rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::DETACH).unwrap();
+    assert_eq!(lamina_tests::service::mount_type(&merged), None);
+    rt().block_on(async {
+        let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
+        c.mounts(mounts("ns/5/box")).await.unwrap();
+        assert_eq!(
+            lamina_tests::service::mount_type(&merged).as_deref(),
+            Some("fuse.lamina")
+        );
+        assert_eq!(
+            std::fs::read_to_string(merged.join("written")).unwrap(),
+            "by the container"
+        );
+        // Remove detaches it before deleting the snapshot: the layers stay.
+        c.remove(remove("ns/5/box")).await.unwrap();
+    });
+    assert_eq!(lamina_tests::service::mount_type(&merged), None);
+    assert!(!merged.parent().unwrap().exists());
+    assert!(layer(CHAIN).join("base").exists() && layer(CHAIN2).join("top").exists());
+    assert!(serve.alive(), "{}", serve.log());
+}

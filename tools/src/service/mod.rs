@@ -10,11 +10,13 @@
 //!
 //! State lives in the store root only (snapshot records in `snapshots.db`, see
 //! [`snapshots`]); the daemon holds nothing that a restart would lose, and the
-//! mounts it hands out are owned by the kernel or by their own FUSE processes.
+//! mounts it hands out are owned by the kernel or by their own FUSE processes
+//! (also the overlays it mounts ahead for containers, see [`merged`]).
 
 pub mod api;
 pub mod filters;
 pub mod layers;
+pub mod merged;
 pub mod snapshots;
 pub mod snapshotter;
 

@@ -5,6 +5,7 @@
 //! <root>/snapshots.db            SQLite (WAL): one row per snapshot, see SCHEMA
 //! <root>/snapshots/<id>/fs       an active snapshot's writable upper dir (empty for a view)
 //! <root>/snapshots/<id>/work     its overlay work dir
+//! <root>/snapshots/<id>/merged   with `--driver fuse`: its FUSE overlay, mounted ahead
 //! <root>/layers/<chainid hex>/   a committed snapshot whose chain id is known: the very
 //!                                layer dir `lamina pull` unpacks into, shared by both
 //! ```
@@ -685,8 +686,10 @@ pub fn extraction_target<'a>(key: &'a str, labels: &'a HashMap<String, String>) 
 }
 
 /// Deletes a tree, logging instead of failing: what is left is found again
-/// by the next cleanup.
+/// by the next cleanup. A snapshot dir's FUSE overlay (`merged`) is detached
+/// first, so the delete never walks into it.
 pub fn remove_tree(path: &Path) {
+    super::merged::release(path);
     if let Err(e) = std::fs::remove_dir_all(path)
         && e.kind() != std::io::ErrorKind::NotFound
     {

@@ -6,7 +6,7 @@
 //! | snapshot | `kernel` driver | `fuse` driver |
 //! |---|---|---|
 //! | active, no parent | `bind` of its upper, rw | same |
-//! | active, parents | `overlay` lowerdir=P1:..:Pn,upperdir,workdir | `fuse3.lamina-overlayfs`, same options |
+//! | active, parents | `overlay` lowerdir=P1:..:Pn,upperdir,workdir | `bind` of `snapshots/<id>/merged`, a FUSE overlay of the same dirs mounted by lamina (see [`merged`](super::merged)) |
 //! | active, labelled as containerd's layer extraction | `overlay` | `overlay` (see below) |
 //! | view, one parent | `bind` of P1, ro | same |
 //! | view, parents | `overlay` lowerdir only | `fuse3.lamina-overlayfs` lowerdir only |
@@ -14,19 +14,27 @@
 //! An extraction snapshot gets an `overlay` spec under both drivers: containerd
 //! then writes the layer straight into the upper dir in overlay format (it
 //! never mounts it), which is lamina's layer format; nothing goes through FUSE.
+//! The first layer (no parent) is a bind of the upper, also written directly.
 //!
-//! containerd runs `fuse3.*` mounts through `mount.fuse3`, which starts
-//! `lamina-overlayfs lamina TARGET -o OPTIONS`: `lamina-overlayfs` must be on
-//! containerd's `PATH`. Those mounts are their own processes, so restarting
-//! `lamina serve` leaves running containers alone.
+//! With the `fuse` driver an active snapshot's overlay is mounted once, when
+//! it is prepared, by a `lamina-overlayfs` server in its own session, and
+//! every mount containerd makes of it (`ctr run` mounts the rootfs once to
+//! read `/etc/group`, the shim once for runc) is a bind of that mount: one
+//! FUSE server per container instead of one per mount. Views over several
+//! parents still get `fuse3.lamina-overlayfs` specs, which containerd runs
+//! through `mount.fuse3`: `lamina-overlayfs` must be on containerd's `PATH`.
+//! The FUSE servers are their own processes, so restarting `lamina serve`
+//! leaves running containers alone.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use containerd_snapshots::{self as cs, api::types::Mount, tonic};
 
 use super::filters;
+use super::merged;
 use super::snapshots::{self, Kind, Record, Snapshots};
 
 /// Which overlay containerd is told to mount.
@@ -47,6 +55,8 @@ pub struct Snapshotter {
     /// `index=off` when the kernel knows the option: the same lower dirs
     /// are mounted by many overlays at once.
     overlay_index_off: bool,
+    /// Mounts active snapshots' FUSE overlays ahead (`fuse` driver).
+    mounter: merged::Mounter,
 }
 
 impl Snapshotter {
@@ -58,6 +68,7 @@ impl Snapshotter {
             store,
             driver,
             overlay_index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
+            mounter: merged::Mounter::new(),
         }
     }
 
@@ -116,6 +127,16 @@ impl Snapshotter {
                     options,
                 }]
             }
+            (Kind::Active, _) if overlay_type != "overlay" => {
+                let merged = merged::merged_dir(&s.snapshot_dir(r.id));
+                self.mounter
+                    .ensure(&merged, &lowers, &s.fs_dir(r), &s.work_dir(r))
+                    .map_err(|source| snapshots::Error::Io {
+                        path: merged.clone(),
+                        source,
+                    })?;
+                vec![bind(&merged, false)]
+            }
             (Kind::Active, _) => {
                 options.push(format!("workdir={}", s.work_dir(r).display()));
                 options.push(format!("upperdir={}", s.fs_dir(r).display()));
@@ -144,6 +165,37 @@ impl Snapshotter {
             this.mounts_of(s, &r)
         })
         .await
+    }
+}
+
+/// Logs a gRPC call's latency when dropped (debug, target
+/// `lamina::service::snapshotter`): `op`, `key` and `elapsed_us`, timestamped
+/// by the subscriber. `bench/containerd-bench.sh` reads these lines to split
+/// a container start into its parts.
+struct Timed {
+    op: &'static str,
+    key: String,
+    start: Instant,
+}
+
+impl Timed {
+    fn new(op: &'static str, key: &str) -> Self {
+        Timed {
+            op,
+            key: key.to_owned(),
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        tracing::debug!(
+            op = self.op,
+            key = self.key,
+            elapsed_us = self.start.elapsed().as_micros() as u64,
+            "snapshot call done"
+        );
     }
 }
 
@@ -257,6 +309,7 @@ impl cs::Snapshotter for Service {
     type Error = tonic::Status;
 
     async fn stat(&self, key: String) -> Result<cs::Info, Self::Error> {
+        let _t = Timed::new("stat", &key);
         self.0.blocking(move |s| s.stat(&key)).await.map(info)
     }
 
@@ -292,6 +345,7 @@ impl cs::Snapshotter for Service {
     }
 
     async fn mounts(&self, key: String) -> Result<Vec<Mount>, Self::Error> {
+        let _t = Timed::new("mounts", &key);
         let this = self.0.clone();
         self.0
             .blocking(move |s| {
@@ -308,6 +362,7 @@ impl cs::Snapshotter for Service {
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Self::Error> {
         tracing::debug!(key, parent, ?labels, "prepare");
+        let _t = Timed::new("prepare", &key);
         self.0.create(key, parent, Kind::Active, labels).await
     }
 
@@ -318,6 +373,7 @@ impl cs::Snapshotter for Service {
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Self::Error> {
         tracing::debug!(key, parent, "view");
+        let _t = Timed::new("view", &key);
         self.0.create(key, parent, Kind::View, labels).await
     }
 
@@ -328,10 +384,14 @@ impl cs::Snapshotter for Service {
         labels: HashMap<String, String>,
     ) -> Result<(), Self::Error> {
         tracing::debug!(name, key, "commit");
+        let _t = Timed::new("commit", &key);
         let store = self.0.store.clone();
         self.0
             .blocking(move |s| {
                 let r = s.commit(&name, &key, labels)?;
+                // Committed: its upper is a lower now, nobody writes it
+                // through lamina's overlay any more.
+                merged::release(&s.snapshot_dir(r.id));
                 if r.chain_id.is_none() {
                     save_as_image(s, &store, &r);
                 }
@@ -341,6 +401,7 @@ impl cs::Snapshotter for Service {
     }
 
     async fn remove(&self, key: String) -> Result<(), Self::Error> {
+        let _t = Timed::new("remove", &key);
         tracing::debug!(key, "remove");
         self.0
             .blocking(move |s| {
