@@ -4,6 +4,9 @@
 //! advantage of Rust's architecture. The only thing we rely on in the real libfuse are mount
 //! and unmount calls which are needed to establish a fd to talk to the kernel driver.
 
+// LAMINA PATCH: upstream's unused ABI structs would warn in every lamina
+// build now that fuser is a path dependency (registry deps have lints capped).
+#![allow(dead_code)]
 #![warn(
     missing_docs,
     missing_debug_implementations,
