@@ -32,7 +32,7 @@ use crate::{Digest, Error, Result};
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Seek, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -286,8 +286,36 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Bytes an ingest writes between two starts of writeback
-/// ([`crate::sys::start_writeback`]).
+/// ([`write_behind`]).
 const WRITE_BEHIND: u64 = 8 << 20;
+
+/// Starts the writeback of a file's dirty pages on a background thread,
+/// which then closes `fd`: the disk writes data while the caller goes on,
+/// and the caller's later `fsync`/`syncfs` (which alone makes the data
+/// durable) finds little left. Never blocks: when the thread lags behind,
+/// the hint is dropped (and `fd` closed at once).
+pub(crate) fn write_behind(fd: OwnedFd) {
+    use std::sync::OnceLock;
+    use std::sync::mpsc::{SyncSender, sync_channel};
+    // A few files in flight: each queued fd counts against RLIMIT_NOFILE.
+    static QUEUE: OnceLock<Option<SyncSender<OwnedFd>>> = OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = sync_channel::<OwnedFd>(32);
+        std::thread::Builder::new()
+            .name("lamina-writeback".into())
+            .spawn(move || {
+                for fd in rx {
+                    // Only a hint: write errors surface at the sync.
+                    let _ = crate::sys::start_writeback(fd.as_fd());
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(tx) = queue {
+        let _ = tx.try_send(fd);
+    }
+}
 
 /// A blob being written. See [`ContentStore::ingest`].
 ///
@@ -469,7 +497,9 @@ impl Write for Ingest {
             // Write-behind: the disk writes the blob while it downloads, so
             // the fsync of the commit has little left to do.
             out.flush()?;
-            let _ = crate::sys::start_writeback(out.get_ref().as_fd());
+            if let Ok(dup) = out.get_ref().try_clone() {
+                write_behind(dup.into());
+            }
             self.unflushed = 0;
         }
         Ok(n)

@@ -35,9 +35,10 @@
 //!   last entry (to those still implicit then), so the lower layers are
 //!   not needed before.
 //! - Regular files of 16 KiB or more get their writeback started as soon
-//!   as they are written (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, a hint
-//!   without durability): the disk writes the layer while it unpacks, and
-//!   the caller's final `syncfs` finds little left to flush.
+//!   as they are written (`sync_file_range(SYNC_FILE_RANGE_WRITE)` on a
+//!   background thread, a hint without durability): the disk writes the
+//!   layer while it unpacks, and the caller's final `syncfs` finds little
+//!   left to flush.
 //! - Whiteouts and opaque markers never follow symlinks: one below a
 //!   symlink or any other non-directory of the same layer is dropped (that
 //!   node already hides everything below it; umoci writes these when a

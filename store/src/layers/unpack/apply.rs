@@ -28,7 +28,7 @@ use super::path::{self, NameKind};
 
 pub use super::fs::OPAQUE_XATTR;
 /// Files at least this large get their writeback started as soon as they
-/// are written ([`crate::sys::start_writeback`]); smaller ones are left to
+/// are written ([`crate::content::write_behind`]); smaller ones are left to
 /// the kernel's batching and the final syncfs.
 const WRITEBACK_MIN: u64 = 16 << 10;
 /// xattrs overlayfs interprets (`user.overlay.*` under `userxattr`); a
@@ -601,8 +601,9 @@ impl<'a> Applier<'a> {
                 if size >= WRITEBACK_MIN {
                     // Write-behind: the disk writes this file while the rest
                     // of the layer unpacks, so the caller's final syncfs has
-                    // little left to do. Only a hint: errors are the sync's.
-                    let _ = crate::sys::start_writeback(fd.as_fd());
+                    // little left to do (on another thread: starting
+                    // writeback allocates blocks and may wait for the disk).
+                    crate::content::write_behind(fd);
                 }
                 Ok(())
             }
