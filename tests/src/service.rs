@@ -153,6 +153,57 @@ pub fn mount_type(dir: &Path) -> Option<String> {
     })
 }
 
+/// A fresh temp dir (`PREFIX*`) with a daemon on `DIR/root`, its sockets in
+/// `DIR`: bind as `let (tmp, root, serve) = ...` so the daemon goes first.
+pub fn serve_in_tempdir(
+    prefix: &str,
+    driver: &str,
+    extra: &[&str],
+) -> Result<(tempfile::TempDir, PathBuf, Serve)> {
+    let tmp = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    let root = tmp.path().join("root");
+    let serve = Serve::start(&root, tmp.path(), driver, extra)?;
+    Ok((tmp, root, serve))
+}
+
+/// The runnable image ([`build_runnable_image`]) pushed to a loopback
+/// registry under several names.
+pub struct RunnableImages {
+    /// The registry serving them.
+    pub registry: crate::registry::Registry,
+    /// Temp dir holding the image's OCI layout (`oci/`), free for the test.
+    pub tmp: tempfile::TempDir,
+    /// `HOST/REPO:TAG` of each pushed name, in the order asked for.
+    pub images: Vec<String>,
+}
+
+/// Builds the runnable image in a fresh temp dir (`PREFIX*`) and pushes it as
+/// each of `repos` (`lamina/svc:v1`). `None` (after saying why) when no
+/// registry can be started.
+pub fn runnable_images(prefix: &str, repos: &[&str]) -> Option<RunnableImages> {
+    let registry = crate::registry::Registry::start(crate::registry::Auth::Anonymous)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("temp dir");
+    let layout = tmp.path().join("oci");
+    build_runnable_image(&layout, "v1").expect("building the runnable image");
+    let images = repos
+        .iter()
+        .map(|repo| {
+            registry
+                .put_oci(&layout, "v1", repo)
+                .expect("pushing the runnable image");
+            format!("{}/{repo}", registry.host)
+        })
+        .collect();
+    Some(RunnableImages {
+        registry,
+        tmp,
+        images,
+    })
+}
+
 /// A real containerd whose `lamina` snapshotter is a [`Serve`]. Killed on drop.
 pub struct Containerd {
     child: Child,
@@ -329,54 +380,38 @@ pub const LAYER2_CONTENT: &str = "second layer\n";
 /// layer 2 adds [`LAYER2_FILE`] and deletes `/bin/ls` (a whiteout).
 pub fn build_runnable_image(layout: &Path, tag: &str) -> Result<()> {
     use crate::registry::run;
-    if !layout.join("index.json").exists() {
-        run(Command::new("umoci").args(["init", "--layout"]).arg(layout))?;
-    }
-    let image = format!("{}:{tag}", layout.display());
-    run(Command::new("umoci").args(["new", "--image", &image]))?;
-    let bundle = tempfile::Builder::new()
-        .prefix("lamina-bundle-")
-        .tempdir()?;
-    let b = bundle.path().join("b");
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&b))?;
-    let rootfs = b.join("rootfs");
-    for (host, dest) in [
-        ("/bin/dash", "bin/sh"),
-        ("/bin/cat", "bin/cat"),
-        ("/bin/ls", "bin/ls"),
-        ("/bin/sleep", "bin/sleep"),
-    ] {
-        copy_into(Path::new(host), &rootfs.join(dest))?;
-        let ldd = Command::new("ldd").arg(host).output()?;
-        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-            let lib = match line.split_once("=>") {
-                Some((_, rest)) => rest.split_whitespace().next(),
-                None => line.split_whitespace().next(),
-            };
-            if let Some(lib) = lib.filter(|l| l.starts_with('/')) {
-                copy_into(Path::new(lib), &rootfs.join(lib.trim_start_matches('/')))?;
+    crate::registry::build_image_with(layout, tag, 2, |i, rootfs| {
+        if i == 1 {
+            std::fs::write(rootfs.join(LAYER2_FILE), LAYER2_CONTENT)?;
+            std::fs::remove_file(rootfs.join("bin/ls"))?;
+            return Ok(());
+        }
+        for (host, dest) in [
+            ("/bin/dash", "bin/sh"),
+            ("/bin/cat", "bin/cat"),
+            ("/bin/ls", "bin/ls"),
+            ("/bin/sleep", "bin/sleep"),
+        ] {
+            copy_into(Path::new(host), &rootfs.join(dest))?;
+            let ldd = Command::new("ldd").arg(host).output()?;
+            for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+                let lib = match line.split_once("=>") {
+                    Some((_, rest)) => rest.split_whitespace().next(),
+                    None => line.split_whitespace().next(),
+                };
+                if let Some(lib) = lib.filter(|l| l.starts_with('/')) {
+                    copy_into(Path::new(lib), &rootfs.join(lib.trim_start_matches('/')))?;
+                }
             }
         }
-    }
-    for dir in ["tmp", "proc", "sys", "dev", "etc", "run"] {
-        std::fs::create_dir_all(rootfs.join(dir))?;
-    }
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\n")?;
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&b))?;
-    std::fs::remove_dir_all(&b)?;
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&b))?;
-    std::fs::write(b.join("rootfs").join(LAYER2_FILE), LAYER2_CONTENT)?;
-    std::fs::remove_file(b.join("rootfs/bin/ls"))?;
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&b))?;
+        for dir in ["tmp", "proc", "sys", "dev", "etc", "run"] {
+            std::fs::create_dir_all(rootfs.join(dir))?;
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\n")?;
+        Ok(())
+    })?;
+    let image = format!("{}:{tag}", layout.display());
     run(Command::new("umoci").args(["config", "--image", &image, "--config.cmd", "/bin/sh"]))?;
     Ok(())
 }

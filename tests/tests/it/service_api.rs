@@ -2,10 +2,7 @@
 //! image lifecycle, bad requests (4xx, the store unchanged, the daemon alive),
 //! mount roots, several clients at once.
 
-use lamina_tests::registry::{Auth, Registry};
-use lamina_tests::service::{
-    LAYER2_CONTENT, LAYER2_FILE, Serve, build_runnable_image, http, http_raw,
-};
+use lamina_tests::service::{LAYER2_CONTENT, LAYER2_FILE, Serve, http, http_raw, runnable_images};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -165,17 +162,10 @@ fn api_socket_is_0660_and_bad_requests_are_4xx_without_side_effects() {
 #[test]
 fn api_pull_inspect_create_mount_commit_save_export_over_the_socket() {
     lamina_tests::require_tools!("umoci", "skopeo", "tar");
-    let Some(registry) = Registry::start(Auth::Anonymous) else {
+    let Some(served) = runnable_images("lamina-api-", &["lamina/api:v1"]) else {
         return;
     };
-    let tmp = tempfile::Builder::new()
-        .prefix("lamina-api-")
-        .tempdir()
-        .unwrap();
-    let layout = tmp.path().join("oci");
-    build_runnable_image(&layout, "v1").unwrap();
-    registry.put_oci(&layout, "v1", "lamina/api:v1").unwrap();
-    let image = format!("{}/lamina/api:v1", registry.host);
+    let (tmp, image) = (&served.tmp, served.images[0].clone());
     let mroot = tmp.path().join("mounts");
     let serve = Serve::start(
         &tmp.path().join("root"),
@@ -209,7 +199,7 @@ fn api_pull_inspect_create_mount_commit_save_export_over_the_socket() {
         "POST",
         "/v1/images/pull",
         Some(
-            serde_json::json!({"ref": format!("{}/lamina/missing:v1", registry.host)})
+            serde_json::json!({"ref": format!("{}/lamina/missing:v1", served.registry.host)})
                 .to_string()
                 .as_bytes(),
         ),

@@ -2,9 +2,8 @@
 //! pull, run, write, commit, restart, image removal and GC — once with
 //! kernel overlay mounts and once with lamina's FUSE mounts.
 
-use lamina_tests::registry::{Auth, Registry};
 use lamina_tests::service::{
-    Containerd, LAYER2_CONTENT, LAYER2_FILE, Serve, build_runnable_image, mount_type,
+    Containerd, LAYER2_CONTENT, LAYER2_FILE, Serve, mount_type, runnable_images,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -33,17 +32,10 @@ fn dir_names(dir: &Path) -> Vec<String> {
 
 fn pull_run_commit_gc(driver: &str) {
     lamina_tests::require_tools!("umoci", "skopeo", "containerd", "ctr", "runc");
-    let Some(registry) = Registry::start(Auth::Anonymous) else {
+    let Some(served) = runnable_images("lamina-svc-", &["lamina/svc:v1"]) else {
         return;
     };
-    let tmp = tempfile::Builder::new()
-        .prefix("lamina-svc-")
-        .tempdir()
-        .unwrap();
-    let layout = tmp.path().join("oci");
-    build_runnable_image(&layout, "v1").unwrap();
-    registry.put_oci(&layout, "v1", "lamina/svc:v1").unwrap();
-    let image = format!("{}/lamina/svc:v1", registry.host);
+    let (tmp, image) = (&served.tmp, served.images[0].clone());
 
     let root = tmp.path().join("root");
     let mut serve = Serve::start(&root, tmp.path(), driver, &[]).unwrap();
@@ -287,21 +279,11 @@ fn lamina(root: &Path, args: &[&str]) -> String {
 #[test]
 fn containerd_and_lamina_pull_share_layer_dirs() {
     lamina_tests::require_tools!("umoci", "skopeo", "containerd", "ctr", "runc");
-    let Some(registry) = Registry::start(Auth::Anonymous) else {
+    let Some(served) = runnable_images("lamina-svc-share-", &["lamina/a:v1", "lamina/b:v1"]) else {
         return;
     };
-    let tmp = tempfile::Builder::new()
-        .prefix("lamina-svc-share-")
-        .tempdir()
-        .unwrap();
-    let layout = tmp.path().join("oci");
-    build_runnable_image(&layout, "v1").unwrap();
-    registry.put_oci(&layout, "v1", "lamina/a:v1").unwrap();
-    registry.put_oci(&layout, "v1", "lamina/b:v1").unwrap();
-    let (img_a, img_b) = (
-        format!("{}/lamina/a:v1", registry.host),
-        format!("{}/lamina/b:v1", registry.host),
-    );
+    let tmp = &served.tmp;
+    let (img_a, img_b) = (served.images[0].clone(), served.images[1].clone());
     let root = tmp.path().join("root");
     let serve = Serve::start(&root, tmp.path(), "fuse", &[]).unwrap();
     let Some(ctd) = Containerd::start(&serve.snapshotter_socket) else {

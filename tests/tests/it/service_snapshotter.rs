@@ -4,7 +4,7 @@
 
 use containerd_snapshots::api::snapshots::v1 as api;
 use containerd_snapshots::tonic::Code;
-use lamina_tests::service::{Serve, snapshots_client};
+use lamina_tests::service::{SnapshotsClient, serve_in_tempdir, snapshots_client};
 use std::collections::HashMap;
 
 const CHAIN: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -44,6 +44,20 @@ fn remove(k: &str) -> api::RemoveSnapshotRequest {
     }
 }
 
+/// A Prepare that must succeed: its mounts.
+async fn prepared(
+    c: &mut SnapshotsClient,
+    key: &str,
+    parent: &str,
+    labels: &[(&str, &str)],
+) -> Vec<api_types::Mount> {
+    c.prepare(prepare(key, parent, labels))
+        .await
+        .unwrap()
+        .into_inner()
+        .mounts
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, containerd_snapshots::tonic::Status>) -> Code {
     r.unwrap_err().code()
 }
@@ -57,22 +71,12 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn grpc_semantics_and_error_codes() {
-    let tmp = tempfile::Builder::new()
-        .prefix("lamina-svc-grpc-")
-        .tempdir()
-        .unwrap();
-    let root = tmp.path().join("root");
-    let mut serve = Serve::start(&root, tmp.path(), "kernel", &[]).unwrap();
+    let (_tmp, _root, mut serve) = serve_in_tempdir("lamina-svc-grpc-", "kernel", &[]).unwrap();
     rt().block_on(async {
         let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
 
         // Active snapshot without parent: a writable bind of its upper.
-        let m = c
-            .prepare(prepare("a", "", &[]))
-            .await
-            .unwrap()
-            .into_inner()
-            .mounts;
+        let m = prepared(&mut c, "a", "", &[]).await;
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].r#type, "bind");
         assert!(m[0].options.contains(&"rw".to_string()));
@@ -120,19 +124,9 @@ fn grpc_semantics_and_error_codes() {
         );
 
         // Child over the committed parent: an overlay whose lower is the parent.
-        let m = c
-            .prepare(prepare("child", "base", &[]))
-            .await
-            .unwrap()
-            .into_inner()
-            .mounts;
+        let m = prepared(&mut c, "child", "base", &[]).await;
         assert_eq!(m[0].r#type, "overlay");
-        let lower = m[0]
-            .options
-            .iter()
-            .find_map(|o| o.strip_prefix("lowerdir="))
-            .unwrap()
-            .to_owned();
+        let lower = option(&m[0], "lowerdir").to_owned();
         assert_eq!(
             std::fs::read_to_string(Path::new(&lower).join("file-a")).unwrap(),
             "a"
@@ -255,23 +249,13 @@ use std::path::Path;
 
 #[test]
 fn extraction_commits_become_layer_dirs_and_the_fast_path_reuses_them() {
-    let tmp = tempfile::Builder::new()
-        .prefix("lamina-svc-fast-")
-        .tempdir()
-        .unwrap();
-    let root = tmp.path().join("root");
-    let mut serve = Serve::start(&root, tmp.path(), "fuse", &[]).unwrap();
+    let (_tmp, root, mut serve) = serve_in_tempdir("lamina-svc-fast-", "fuse", &[]).unwrap();
     rt().block_on(async {
         let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
         let target = [("containerd.io/snapshot.ref", CHAIN)];
         // containerd's unpacker: prepare with the target label, apply, commit
         // under the chain id. The upper becomes layers/<chain>.
-        let m = c
-            .prepare(prepare("ns1/1/extract-1", "", &target))
-            .await
-            .unwrap()
-            .into_inner()
-            .mounts;
+        let m = prepared(&mut c, "ns1/1/extract-1", "", &target).await;
         std::fs::write(Path::new(&m[0].source).join("layer-file"), "x").unwrap();
         c.commit(commit(&format!("ns1/2/{CHAIN}"), "ns1/1/extract-1"))
             .await
@@ -352,20 +336,10 @@ fn extraction_commits_become_layer_dirs_and_the_fast_path_reuses_them() {
 
 #[test]
 fn snapshots_survive_a_restart_and_garbage_bytes_do_not_kill_the_daemon() {
-    let tmp = tempfile::Builder::new()
-        .prefix("lamina-svc-restart-")
-        .tempdir()
-        .unwrap();
-    let root = tmp.path().join("root");
-    let mut serve = Serve::start(&root, tmp.path(), "kernel", &[]).unwrap();
+    let (_tmp, _root, mut serve) = serve_in_tempdir("lamina-svc-restart-", "kernel", &[]).unwrap();
     rt().block_on(async {
         let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
-        let m = c
-            .prepare(prepare("keep", "", &[]))
-            .await
-            .unwrap()
-            .into_inner()
-            .mounts;
+        let m = prepared(&mut c, "keep", "", &[]).await;
         std::fs::write(Path::new(&m[0].source).join("f"), "kept").unwrap();
         c.commit(commit("kept", "keep")).await.unwrap();
         c.prepare(prepare("active", "kept", &[("a", "b")]))
@@ -388,20 +362,12 @@ fn snapshots_survive_a_restart_and_garbage_bytes_do_not_kill_the_daemon() {
             vec!["active".to_string(), "kept".to_string()]
         );
         let m = c
-            .mounts(api::MountsRequest {
-                snapshotter: "lamina".into(),
-                key: "active".into(),
-            })
+            .mounts(mounts("active"))
             .await
             .unwrap()
             .into_inner()
             .mounts;
-        let lower = m[0]
-            .options
-            .iter()
-            .find_map(|o| o.strip_prefix("lowerdir="))
-            .unwrap()
-            .to_owned();
+        let lower = option(&m[0], "lowerdir").to_owned();
         assert_eq!(
             std::fs::read_to_string(Path::new(&lower).join("f")).unwrap(),
             "kept"
@@ -459,12 +425,7 @@ fn fuse_driver_extraction_writes_uppers_and_containers_get_a_premounted_overlay(
         return;
     }
     const CHAIN2: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
-    let tmp = tempfile::Builder::new()
-        .prefix("lamina-svc-kinds-")
-        .tempdir()
-        .unwrap();
-    let root = tmp.path().join("root");
-    let mut serve = Serve::start(&root, tmp.path(), "fuse", &[]).unwrap();
+    let (_tmp, root, mut serve) = serve_in_tempdir("lamina-svc-kinds-", "fuse", &[]).unwrap();
     let layer = |chain: &str| {
         root.join("layers")
             .join(chain.trim_start_matches("sha256:"))
@@ -473,12 +434,7 @@ fn fuse_driver_extraction_writes_uppers_and_containers_get_a_premounted_overlay(
         let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
         // First layer, `ctr images pull`'s key format: a bind of the upper.
         let first = format!("ns/1/extract-1 {CHAIN}");
-        let m = c
-            .prepare(prepare(&first, "", &[]))
-            .await
-            .unwrap()
-            .into_inner()
-            .mounts;
+        let m = prepared(&mut c, &first, "", &[]).await;
         assert_eq!((m.len(), m[0].r#type.as_str()), (1, "bind"), "{m:?}");
         assert!(
             m[0].source
@@ -492,16 +448,13 @@ fn fuse_driver_extraction_writes_uppers_and_containers_get_a_premounted_overlay(
         // Second layer, CRI's label: an overlay spec over the first layer's
         // dir, whose upper containerd writes in overlay format.
         let second = "ns/3/extract-2";
-        let m = c
-            .prepare(prepare(
-                second,
-                &format!("ns/2/{CHAIN}"),
-                &[("containerd.io/snapshot.ref", CHAIN2)],
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .mounts;
+        let m = prepared(
+            &mut c,
+            second,
+            &format!("ns/2/{CHAIN}"),
+            &[("containerd.io/snapshot.ref", CHAIN2)],
+        )
+        .await;
         assert_eq!(m[0].r#type, "overlay", "{m:?}");
         assert_eq!(Path::new(option(&m[0], "lowerdir")), layer(CHAIN));
         let upper = option(&m[0], "upperdir").to_owned();
@@ -519,12 +472,7 @@ fn fuse_driver_extraction_writes_uppers_and_containers_get_a_premounted_overlay(
         );
 
         // A container: a bind of a live FUSE overlay of both layers.
-        let m = c
-            .prepare(prepare("ns/5/box", &format!("ns/4/{CHAIN2}"), &[]))
-            .await
-            .unwrap()
-            .into_inner()
-            .mounts;
+        let m = prepared(&mut c, "ns/5/box", &format!("ns/4/{CHAIN2}"), &[]).await;
         assert_eq!(m[0].r#type, "bind", "{m:?}");
         assert!(m[0].options.contains(&"rw".to_string()));
         let merged = std::path::PathBuf::from(&m[0].source);
