@@ -12,7 +12,7 @@
 # reused ext4, inodes freed by the previous run's cleanup slow down inode
 # allocation of whichever tool runs next. mkfs/mount and cleanup are not timed.
 # Needs root, containerd + ctr, skopeo, umoci, docker-registry, bc.
-# Usage: [RUNS=5] [FS=ext4|tmpfs] [LAMINA=bin] bench/pull-bench.sh [IMAGE...]
+# Usage: [RUNS=5] [FS=ext4|tmpfs] [LAMINA=bin] [LAMINA_BASE=bin] bench/pull-bench.sh [IMAGE...]
 #   (default images: bench/debian bench/python)
 set -eu
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,10 +49,10 @@ proc_cpu() { awk -v t="$TCK" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 timed() { /usr/bin/time -f '%U %S' -o "$W/time.out" "$@" && awk '{print $1 + $2}' "$W/time.out" >> "$W/cpu"; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-run_lamina() { # image
+run_lamina() { # image [binary]
   fresh_fs
   local s e; s=$(now)
-  : > "$W/cpu"; timed "$LAMINA" --root "$MNT/lamina" pull "$REG/$1" >/dev/null
+  : > "$W/cpu"; timed "${2:-$LAMINA}" --root "$MNT/lamina" pull "$REG/$1" >/dev/null
   e=$(now); drop_fs; echo "$(echo "$e - $s" | bc) $(paste -sd+ "$W/cpu" | bc)"
 }
 
@@ -96,14 +96,25 @@ run_skopeo_umoci() { # image
   e=$(now); drop_fs; echo "$(echo "$e - $s" | bc) $(paste -sd+ "$W/cpu" | bc)"
 }
 
+# LAMINA_BASE=/path/to/older/lamina adds that binary to the interleaved runs
+# (an A/B of two lamina builds under the same load) and prints its row.
+TOOLS=(lamina ctr skopeo_umoci)
+run_lamina_base() { run_lamina "$1" "$LAMINA_BASE"; }
+[ -z "${LAMINA_BASE:-}" ] || TOOLS+=(lamina_base)
+
 printf '%-14s %10s %10s %14s %12s %14s   %s\n' image lamina containerd skopeo+umoci ctr/lamina skopeo/lamina "cpu-s lamina/containerd/skopeo+umoci"
 for img in "${IMAGES[@]}"; do
-  for tool in lamina ctr skopeo_umoci; do : > "$W/$tool.times"; done
+  for tool in "${TOOLS[@]}"; do : > "$W/$tool.times"; done
   # Interleaved, so that a change in machine load hits every tool alike.
   for _ in $(seq 1 "$RUNS"); do
-    for tool in lamina ctr skopeo_umoci; do "run_$tool" "$img:latest" >> "$W/$tool.times"; done
+    for tool in "${TOOLS[@]}"; do "run_$tool" "$img:latest" >> "$W/$tool.times"; done
   done
   col() { awk -v c="$1" '{print $c}' "$W/$2.times" | median; }
+  if [ -n "${LAMINA_BASE:-}" ]; then
+    b=$(col 1 lamina_base); l=$(col 1 lamina)
+    printf '%-14s %9.2fs (LAMINA_BASE; LAMINA is %.2fx faster; cpu-s %.2f vs %.2f)\n' "$img" "$b" \
+      "$(echo "$b / $l" | bc -l)" "$(col 2 lamina_base)" "$(col 2 lamina)"
+  fi
   l=$(col 1 lamina); c=$(col 1 ctr); s=$(col 1 skopeo_umoci)
   printf '%-14s %9.2fs %9.2fs %13.2fs %11.2fx %13.2fx   %.2f/%.2f/%.2f\n' "$img" "$l" "$c" "$s" \
     "$(echo "$c / $l" | bc -l)" "$(echo "$s / $l" | bc -l)" "$(col 2 lamina)" "$(col 2 ctr)" "$(col 2 skopeo_umoci)"
