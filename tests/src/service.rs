@@ -214,7 +214,6 @@ pub struct Containerd {
     /// The containerd namespace `ctr` uses: unique per instance, because
     /// runc keeps its state per namespace under one host-wide root.
     pub namespace: String,
-    path_env: String,
 }
 
 impl Containerd {
@@ -261,18 +260,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             snap = snapshotter_socket.display(),
         );
         std::fs::write(d.join("config.toml"), config)?;
-        // `lamina-overlayfs` must be on the PATH of whoever mounts a
-        // `fuse3.lamina-overlayfs` spec: containerd's shim and ctr.
-        let bin_dir = crate::bin("lamina-overlayfs").parent().unwrap().to_owned();
-        let path_env = format!(
-            "{}:{}",
-            bin_dir.display(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-        );
+        // PATH is left as it is, without `lamina-overlayfs`: every mount
+        // lamina hands out is a bind, an overlay or a bind of a FUSE mount
+        // lamina made itself, so containerd never runs `mount.fuse3`. A
+        // `fuse3.lamina-overlayfs` spec would fail the tests here.
         let child = Command::new("containerd")
             .arg("--config")
             .arg(d.join("config.toml"))
-            .env("PATH", &path_env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join("containerd.log"))?)
@@ -290,7 +284,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             dir,
             address,
             namespace,
-            path_env,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -322,7 +315,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg("--namespace")
             .arg(&self.namespace)
             .args(args)
-            .env("PATH", &self.path_env)
             .stdin(Stdio::null())
             .output()
             .context("running ctr")

@@ -417,7 +417,8 @@ use containerd_snapshots::api::types as api_types;
 /// applies into without mounting for the others: no FUSE on pull), while a
 /// container's snapshot is a bind of a FUSE overlay lamina mounted ahead.
 /// That mount survives a restart of the daemon, is mounted again when it is
-/// gone, and is detached when the snapshot is removed.
+/// gone, and is detached when the snapshot is removed. A view over several
+/// layers is a read-only one.
 #[test]
 fn fuse_driver_extraction_writes_uppers_and_containers_get_a_premounted_overlay() {
     if !lamina_tests::overlay::fuse_available() {
@@ -493,6 +494,33 @@ fn fuse_driver_extraction_writes_uppers_and_containers_get_a_premounted_overlay(
         );
         let again = c.mounts(mounts("ns/5/box")).await.unwrap().into_inner();
         assert_eq!(again.mounts, m, "Mounts reuses the mount");
+
+        // A view over both layers: a read-only bind of a read-only overlay.
+        let v = c
+            .view(api::ViewSnapshotRequest {
+                snapshotter: "lamina".into(),
+                key: "ns/6/look".into(),
+                parent: format!("ns/4/{CHAIN2}"),
+                labels: HashMap::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        assert_eq!(v[0].r#type, "bind", "{v:?}");
+        assert!(v[0].options.contains(&"ro".to_string()));
+        let view = Path::new(&v[0].source);
+        assert_eq!(
+            lamina_tests::service::mount_type(view).as_deref(),
+            Some("fuse.lamina")
+        );
+        assert_eq!(
+            std::fs::read_to_string(view.join("top")).unwrap(),
+            "from layer 2"
+        );
+        assert!(std::fs::write(view.join("nope"), "x").is_err(), "read-only");
+        c.remove(remove("ns/6/look")).await.unwrap();
+        assert_eq!(lamina_tests::service::mount_type(view), None);
         merged
     });
 

@@ -1,5 +1,5 @@
-//! FUSE overlays mounted ahead by `lamina serve` for containerd's active
-//! snapshots (`--driver fuse`), handed out as binds.
+//! FUSE overlays mounted ahead by `lamina serve` for containerd's snapshots
+//! over several layers (`--driver fuse`), handed out as binds.
 //!
 //! containerd mounts a snapshot's mounts more than once per container: `ctr
 //! run` (and CRI) mounts the rootfs for a moment to read `/etc/passwd` and
@@ -117,13 +117,13 @@ impl Mounter {
     }
 
     /// Makes sure `merged` is a live overlay of `lowers` (nearest first)
-    /// under `upper`/`work`, mounting it if not.
+    /// under `upper` (upper dir, work dir), or read-only without one,
+    /// mounting it if not.
     pub fn ensure(
         &self,
         merged: &Path,
         lowers: &[PathBuf],
-        upper: &Path,
-        work: &Path,
+        upper: Option<(&Path, &Path)>,
     ) -> std::io::Result<()> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
@@ -137,12 +137,10 @@ impl Mounter {
         }
         std::fs::create_dir_all(merged)?;
         let lowerdir = lowers.iter().map(|l| escape(l)).collect::<Vec<_>>();
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lowerdir.join(":"),
-            escape(upper),
-            escape(work)
-        );
+        let mut options = format!("lowerdir={}", lowerdir.join(":"));
+        if let Some((upper, work)) = upper {
+            options += &format!(",upperdir={},workdir={}", escape(upper), escape(work));
+        }
         let start = Instant::now();
         let out = std::process::Command::new(&self.program)
             .arg("-o")

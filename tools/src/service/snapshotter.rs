@@ -9,22 +9,20 @@
 //! | active, parents | `overlay` lowerdir=P1:..:Pn,upperdir,workdir | `bind` of `snapshots/<id>/merged`, a FUSE overlay of the same dirs mounted by lamina (see [`merged`](super::merged)) |
 //! | active, labelled as containerd's layer extraction | `overlay` | `overlay` (see below) |
 //! | view, one parent | `bind` of P1, ro | same |
-//! | view, parents | `overlay` lowerdir only | `fuse3.lamina-overlayfs` lowerdir only |
+//! | view, parents | `overlay` lowerdir only | `bind` ro of `snapshots/<id>/merged`, a read-only FUSE overlay mounted by lamina |
 //!
 //! An extraction snapshot gets an `overlay` spec under both drivers: containerd
 //! then writes the layer straight into the upper dir in overlay format (it
 //! never mounts it), which is lamina's layer format; nothing goes through FUSE.
 //! The first layer (no parent) is a bind of the upper, also written directly.
 //!
-//! With the `fuse` driver an active snapshot's overlay is mounted once, when
-//! it is prepared, by a `lamina-overlayfs` server in its own session, and
-//! every mount containerd makes of it (`ctr run` mounts the rootfs once to
-//! read `/etc/group`, the shim once for runc) is a bind of that mount: one
-//! FUSE server per container instead of one per mount. Views over several
-//! parents still get `fuse3.lamina-overlayfs` specs, which containerd runs
-//! through `mount.fuse3`: `lamina-overlayfs` must be on containerd's `PATH`.
-//! The FUSE servers are their own processes, so restarting `lamina serve`
-//! leaves running containers alone.
+//! With the `fuse` driver a snapshot's overlay is mounted once, when it is
+//! prepared, by a `lamina-overlayfs` server in its own session, and every
+//! mount containerd makes of it (`ctr run` mounts the rootfs once to read
+//! `/etc/group`, the shim once for runc) is a bind of that mount: one FUSE
+//! server per container instead of one per mount, and containerd never runs
+//! `mount.fuse3`. The FUSE servers are their own processes, so restarting
+//! `lamina serve` leaves running containers alone.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -98,16 +96,32 @@ impl Snapshotter {
             target: String::new(),
             options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()],
         };
-        let extraction = snapshots::extraction_target(&r.key, &r.labels).is_some();
-        let overlay_type = if self.driver == Driver::Kernel || extraction {
-            "overlay"
-        } else {
-            "fuse3.lamina-overlayfs"
+        // Mounted ahead by lamina (fuse driver), except extraction snapshots,
+        // which containerd writes directly (see the module doc).
+        let ahead = self.driver == Driver::Fuse
+            && snapshots::extraction_target(&r.key, &r.labels).is_none();
+        let mount_ahead = |upper: Option<(&Path, &Path)>| {
+            let merged = merged::merged_dir(&s.snapshot_dir(r.id));
+            self.mounter
+                .ensure(&merged, &lowers, upper)
+                .map_err(|source| snapshots::Error::Io {
+                    path: merged.clone(),
+                    source,
+                })?;
+            Ok::<_, snapshots::Error>(merged)
         };
         let mut options = vec![];
-        if overlay_type == "overlay" && self.overlay_index_off {
+        if self.overlay_index_off {
             options.push("index=off".to_owned());
         }
+        let overlay = |options| {
+            vec![Mount {
+                r#type: "overlay".into(),
+                source: "overlay".into(),
+                target: String::new(),
+                options,
+            }]
+        };
         let mounts = match (r.kind, lowers.len()) {
             (Kind::Committed, _) => {
                 return Err(snapshots::Error::FailedPrecondition(format!(
@@ -118,35 +132,20 @@ impl Snapshotter {
             (Kind::Active, 0) => vec![bind(&s.fs_dir(r), false)],
             (Kind::View, 0) => vec![bind(&s.fs_dir(r), true)],
             (Kind::View, 1) => vec![bind(&lowers[0], true)],
+            (Kind::View, _) if ahead => vec![bind(&mount_ahead(None)?, true)],
             (Kind::View, _) => {
                 options.push(format!("lowerdir={}", join(&lowers)));
-                vec![Mount {
-                    r#type: overlay_type.into(),
-                    source: overlay_source(overlay_type).into(),
-                    target: String::new(),
-                    options,
-                }]
+                overlay(options)
             }
-            (Kind::Active, _) if overlay_type != "overlay" => {
-                let merged = merged::merged_dir(&s.snapshot_dir(r.id));
-                self.mounter
-                    .ensure(&merged, &lowers, &s.fs_dir(r), &s.work_dir(r))
-                    .map_err(|source| snapshots::Error::Io {
-                        path: merged.clone(),
-                        source,
-                    })?;
-                vec![bind(&merged, false)]
+            (Kind::Active, _) if ahead => {
+                let (upper, work) = (s.fs_dir(r), s.work_dir(r));
+                vec![bind(&mount_ahead(Some((&upper, &work)))?, false)]
             }
             (Kind::Active, _) => {
                 options.push(format!("workdir={}", s.work_dir(r).display()));
                 options.push(format!("upperdir={}", s.fs_dir(r).display()));
                 options.push(format!("lowerdir={}", join(&lowers)));
-                vec![Mount {
-                    r#type: overlay_type.into(),
-                    source: overlay_source(overlay_type).into(),
-                    target: String::new(),
-                    options,
-                }]
+                overlay(options)
             }
         };
         Ok(mounts)
@@ -196,14 +195,6 @@ impl Drop for Timed {
             elapsed_us = self.start.elapsed().as_micros() as u64,
             "snapshot call done"
         );
-    }
-}
-
-fn overlay_source(overlay_type: &str) -> &'static str {
-    if overlay_type == "overlay" {
-        "overlay"
-    } else {
-        "lamina"
     }
 }
 
