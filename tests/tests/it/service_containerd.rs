@@ -3,7 +3,7 @@
 //! kernel overlay mounts and once with lamina's FUSE mounts.
 
 use lamina_tests::service::{
-    Containerd, LAYER2_CONTENT, LAYER2_FILE, Serve, mount_type, runnable_images,
+    Containerd, LAYER2_CONTENT, LAYER2_FILE, Serve, dir_names, mount_type, runnable_images,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,17 +17,6 @@ fn committed_keys(ctd: &Containerd) -> Vec<String> {
         .filter(|l| l.trim_end().ends_with("Committed"))
         .map(|l| l.split_whitespace().next().unwrap().to_owned())
         .collect()
-}
-
-fn dir_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 fn pull_run_commit_gc(driver: &str) {

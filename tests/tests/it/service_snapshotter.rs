@@ -4,7 +4,7 @@
 
 use containerd_snapshots::api::snapshots::v1 as api;
 use containerd_snapshots::tonic::Code;
-use lamina_tests::service::{SnapshotsClient, serve_in_tempdir, snapshots_client};
+use lamina_tests::service::{SnapshotsClient, dir_names, serve_in_tempdir, snapshots_client};
 use std::collections::HashMap;
 
 const CHAIN: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -550,5 +550,20 @@ fn fuse_driver_extraction_writes_uppers_and_containers_get_a_premounted_overlay(
     assert_eq!(lamina_tests::service::mount_type(&merged), None);
     assert!(!merged.parent().unwrap().exists());
     assert!(layer(CHAIN).join("base").exists() && layer(CHAIN2).join("top").exists());
+
+    // A mount that cannot be made (a layer dir gone from under the store)
+    // fails the Prepare and leaves no snapshot behind.
+    std::fs::remove_dir_all(layer(CHAIN2)).unwrap();
+    let before = dir_names(&root.join("snapshots"));
+    rt().block_on(async {
+        let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
+        let err = c
+            .prepare(prepare("ns/7/broken", &format!("ns/4/{CHAIN2}"), &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{err:?}");
+        assert_eq!(code(c.stat(key("ns/7/broken")).await), Code::NotFound);
+    });
+    assert_eq!(dir_names(&root.join("snapshots")), before);
     assert!(serve.alive(), "{}", serve.log());
 }

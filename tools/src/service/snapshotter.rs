@@ -161,7 +161,15 @@ impl Snapshotter {
         let this = self.clone();
         self.blocking(move |s| {
             let r = s.create(&key, &parent, kind, labels)?;
-            this.mounts_of(s, &r)
+            this.mounts_of(s, &r).inspect_err(|e| {
+                // A failed call changes nothing: the new snapshot goes again
+                // (a FUSE overlay that could not be mounted, a missing layer).
+                tracing::warn!(key, "prepare failed after the snapshot was made: {e}");
+                match s.remove(&key) {
+                    Ok(dirs) => dirs.iter().for_each(|d| snapshots::remove_tree(d)),
+                    Err(e) => tracing::warn!(key, "cannot undo the failed prepare: {e}"),
+                }
+            })
         })
         .await
     }
