@@ -6,7 +6,8 @@
 //! (when it saw them all) they hash to the digest. A reader can start at an
 //! offset (`Range`) to resume a partial download; seed it with the hash of
 //! the bytes already held ([`BlobReader::resume`]) to keep end-to-end
-//! verification. A connection that breaks mid-blob is re-opened with `Range`
+//! verification, or leave the digest to a caller that hashes the bytes
+//! itself ([`BlobReader::verified_by_caller`]). A connection that breaks mid-blob is re-opened with `Range`
 //! from where it stopped, so a flaky network never refetches bytes.
 
 use crate::auth::repository_scope;
@@ -196,6 +197,21 @@ impl BlobReader {
             "prefix hash must cover exactly the resume offset"
         );
         self.verifier = Some(prefix);
+    }
+
+    /// Leaves the digest check to the caller, who hashes every byte it is
+    /// handed anyway (a store ingest does): the stream then ends
+    /// successfully once exactly `size` bytes arrived, whatever they hash
+    /// to, and the caller must compare its own digest with
+    /// [`BlobReader::digest`] before trusting them. Saves hashing every
+    /// byte twice.
+    pub fn verified_by_caller(&mut self) {
+        self.verifier = None;
+    }
+
+    /// The digest the blob must have.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
     }
 
     /// Bytes of the blob delivered so far, counting the resume offset.

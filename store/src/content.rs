@@ -411,6 +411,17 @@ impl Ingest {
         &self.key
     }
 
+    /// sha256 of the bytes received so far, those found on disk at resume
+    /// included (the expected digest if the blob was already present). A
+    /// writer can check a complete blob with it before [`Ingest::commit`]
+    /// (which checks again, and fsyncs).
+    pub fn digest(&self) -> Digest {
+        match (&self.expected, self.present) {
+            (Some((d, _)), true) => d.clone(),
+            _ => Digest::from_hasher(self.hasher.clone()),
+        }
+    }
+
     /// Verifies size and digest, then makes the blob visible. Idempotent if the
     /// blob already exists. On mismatch the partial data is deleted (it would
     /// only reproduce the same mismatch on resume).
@@ -541,6 +552,25 @@ mod tests {
         assert!(cs.ingests().unwrap().is_empty());
         let mode = fs::metadata(cs.blob_path(&a)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o444);
+    }
+
+    #[test]
+    fn ingest_digest_covers_the_resumed_prefix() {
+        let (_d, cs) = store();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let digest = Digest::of(&data);
+        let exp = Some((digest.clone(), data.len() as u64));
+        let mut w = cs.ingest("d", exp.clone()).unwrap();
+        w.write_all(&data[..50_000]).unwrap();
+        assert_eq!(w.digest(), Digest::of(&data[..50_000]));
+        drop(w);
+        let mut w = cs.ingest("d", exp.clone()).unwrap();
+        assert_eq!(w.digest(), Digest::of(&data[..50_000]));
+        w.write_all(&data[50_000..]).unwrap();
+        assert_eq!(w.digest(), digest);
+        assert_eq!(w.commit().unwrap(), digest);
+        // Present: the expected digest, nothing to hash.
+        assert_eq!(cs.ingest("e", exp).unwrap().digest(), digest);
     }
 
     #[test]

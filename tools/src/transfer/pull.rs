@@ -7,8 +7,11 @@
 //!    not unpacked.
 //! 3. Download the layers concurrently, each straight into the store ingest
 //!    keyed by the blob digest (so a killed pull resumes from what reached
-//!    the disk, with `Range`), verified as the bytes arrive and again by the
-//!    ingest commit.
+//!    the disk, with `Range`). The size is checked by the registry client as
+//!    the bytes arrive; the sha256 is computed once, by the ingest as it
+//!    writes them (the part found on disk at resume included), compared
+//!    with the digest at the end of the stream, before the unpacker sees
+//!    its last bytes, and again by the ingest commit.
 //! 4. Meanwhile every layer to unpack has its own thread, all at once: a
 //!    fresh download is teed into its unpacker while it downloads (see
 //!    [`super::tee`]: the unpacker gets the blob's last bytes only after the
@@ -375,8 +378,9 @@ impl UnpackJob {
 
 enum Msg {
     Chunk(Bytes),
-    /// End of the stream: `Ok` commit, `Err((message, data_is_bad))`.
-    End(Result<(), (String, bool)>),
+    /// End of the stream: `Ok(blob url)` exactly `size` bytes arrived
+    /// (their digest is the sink's to check), `Err((message, data_is_bad))`.
+    End(Result<String, (String, bool)>),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -425,6 +429,7 @@ async fn download(
     // The sink owns the ingest on a blocking thread: file writes and the tee.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(64);
     let sink_tee = tee.cloned();
+    let expected = sd.clone();
     let sink = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let mut ingest = ingest;
         while let Some(msg) = rx.blocking_recv() {
@@ -437,10 +442,27 @@ async fn download(
                         t.push(b);
                     }
                 }
-                Msg::End(Ok(())) => {
-                    // The reader verified size and digest of exactly these bytes
-                    // (a teed download starts at offset 0), so the unpacker may
-                    // finish while the ingest syncs and commits.
+                Msg::End(Ok(url)) => {
+                    // The reader checked the size; the digest is checked here,
+                    // once, by the ingest that hashed every byte it wrote (the
+                    // registry client does not hash them again). Only then
+                    // may the unpacker see the end of the stream (a teed
+                    // download starts at offset 0), and it may finish while
+                    // the ingest syncs and commits.
+                    let actual = ingest.digest();
+                    if actual != expected {
+                        let e = RegistryError::DigestMismatch {
+                            url,
+                            expected: expected.to_string(),
+                            actual: actual.to_string(),
+                        }
+                        .to_string();
+                        if let Some(t) = &sink_tee {
+                            t.finish(Err(e.clone()));
+                        }
+                        ingest.abort()?;
+                        bail!(e);
+                    }
                     if let Some(t) = &sink_tee {
                         t.finish(Ok(()));
                     }
@@ -467,7 +489,11 @@ async fn download(
     });
 
     let mut reader = match client.blob(r, digest, Some(size), offset).await {
-        Ok(rd) => rd,
+        Ok(mut rd) => {
+            // The ingest hashes every byte (the part on disk at resume too).
+            rd.verified_by_caller();
+            rd
+        }
         Err(e) => {
             let _ = tx.send(Msg::End(Err((e.to_string(), false)))).await;
             drop(tx);
@@ -486,7 +512,7 @@ async fn download(
                 }
             }
             Ok(None) => {
-                let _ = tx.send(Msg::End(Ok(()))).await;
+                let _ = tx.send(Msg::End(Ok(reader.url().to_string()))).await;
                 break Ok(());
             }
             Err(e) => {
