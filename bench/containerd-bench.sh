@@ -101,7 +101,7 @@ start() { # driver
   stop_all
   rm -rf "$W/ctd" "$W/lamina" "$W"/*.sock "$W/serve.log" "$W/events.log" "$W/fuse-spawn.log"
   mkdir -p "$W/ctd" "$W/lamina" "$CGROOT/$CGREL/$CG"
-  LAMINA_LOG=lamina::service::snapshotter=debug NO_COLOR=1 sh -c "$INCG" "$CGROOT/$CGREL/$CG" "$BIN/lamina" --root "$W/lamina" serve --driver "$1" \
+  LAMINA_LOG=lamina::service=debug NO_COLOR=1 sh -c "$INCG" "$CGROOT/$CGREL/$CG" "$BIN/lamina" --root "$W/lamina" serve --driver "$1" \
     --snapshotter-socket "$W/snap.sock" --api-socket "$W/api.sock" 2>"$W/serve.log" &
   SERVE_PID=$!
   cat > "$W/ctd/config.toml" <<EOF
