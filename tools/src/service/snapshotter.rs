@@ -53,7 +53,7 @@ pub struct Snapshotter {
     /// `index=off` when the kernel knows the option: the same lower dirs
     /// are mounted by many overlays at once.
     overlay_index_off: bool,
-    /// Mounts active snapshots' FUSE overlays ahead (`fuse` driver).
+    /// Mounts snapshots' FUSE overlays ahead (`fuse` driver).
     mounter: merged::Mounter,
 }
 
