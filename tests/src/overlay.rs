@@ -521,3 +521,52 @@ pub fn sh(dir: &Path, script: &str) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// The kernel overlayfs view (no times) of `upper` read back as the top
+/// layer over `layers` (top-most first), mounted read-only at `dir` for the
+/// snapshot: what an upper dir means to the kernel.
+pub fn kernel_view_of_upper(upper: &Path, layers: &[PathBuf], dir: &Path) -> Result<Tree> {
+    let mut lowers = vec![upper.to_path_buf()];
+    lowers.extend(layers.iter().cloned());
+    Ok(snapshot(&KernelMount::mount(&lowers, None, dir)?.dir)?.no_times())
+}
+
+/// Runs pjdfstest (from `~/.cargo/bin` or PATH) on the empty dir `dir` and
+/// fails with its FAILED lines and Summary unless nothing failed; returns the
+/// Summary line. `None` (after saying so) when pjdfstest is not installed.
+pub fn run_pjdfstest(dir: &Path) -> Result<Option<String>> {
+    let home_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/pjdfstest"));
+    let exe = match home_bin.filter(|p| p.exists()) {
+        Some(p) => p,
+        None if have("pjdfstest") => "pjdfstest".into(),
+        None => {
+            eprintln!("SKIP: pjdfstest is not installed (cargo install --locked pjdfstest)");
+            return Ok(None);
+        }
+    };
+    let out = Command::new(&exe)
+        .arg("-p")
+        .arg(dir)
+        .output()
+        .with_context(|| format!("running {} -p {}", exe.display(), dir.display()))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("Summary:"))
+        .unwrap_or("no summary")
+        .to_string();
+    eprintln!("pjdfstest on {}: {summary}", dir.display());
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_end().ends_with("FAILED"))
+        .collect();
+    if !failed.is_empty() || !summary.contains(" 0 failed") {
+        bail!(
+            "pjdfstest failures on {}:\n{}\n{summary}",
+            dir.display(),
+            failed.join("\n")
+        );
+    }
+    Ok(Some(summary))
+}

@@ -6,12 +6,12 @@
 use anyhow::{Context as _, Result, ensure};
 use lamina_tests::overlay::{
     KernelMount, LaminaMount, Tree, assert_same_tree, edge_layers, fuse_available,
-    kernel_overlay_available, snapshot,
+    kernel_overlay_available, kernel_view_of_upper, snapshot,
 };
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn no_times(t: Tree) -> Tree {
     t.no_times()
@@ -196,17 +196,8 @@ fn merged_view_and_upper_match_kernel_overlayfs() -> Result<()> {
     }
     // The upper dirs, read back as the top layer of a read-only kernel mount,
     // and lamina's upper remounted by lamina, all show the same tree.
-    let with = |upper: &str| -> Vec<PathBuf> {
-        let mut v = vec![base.join(upper)];
-        v.extend(layers.iter().cloned());
-        v
-    };
-    let kview = no_times(snapshot(
-        &KernelMount::mount(&with("ku"), None, &base.join("k2"))?.dir,
-    )?);
-    let fview = no_times(snapshot(
-        &KernelMount::mount(&with("fu"), None, &base.join("f2"))?.dir,
-    )?);
+    let kview = kernel_view_of_upper(&base.join("ku"), &layers, &base.join("k2"))?;
+    let fview = kernel_view_of_upper(&base.join("fu"), &layers, &base.join("f2"))?;
     assert_same_tree(
         &kview,
         &fview,

@@ -10,8 +10,8 @@
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lamina_tests::overlay::{
-    KernelMount, LaminaMount, Tree, assert_same_tree, edge_layers, fuse_available, have,
-    kernel_overlay_available, run, snapshot,
+    KernelMount, LaminaMount, Tree, assert_same_tree, edge_layers, fuse_available,
+    kernel_overlay_available, kernel_view_of_upper, run, run_pjdfstest, snapshot,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -325,17 +325,8 @@ fn uring_on_matches_kernel_overlayfs_before_and_after_writes() -> Result<()> {
     ensure!(served > 100, "only {served} requests went through io_uring");
     drop(f);
     // lamina's upper, read back by the kernel, means what the kernel's does.
-    let with = |upper: &str| -> Vec<PathBuf> {
-        let mut v = vec![base.join(upper)];
-        v.extend(layers.iter().cloned());
-        v
-    };
-    let kview = no_times(snapshot(
-        &KernelMount::mount(&with("ku"), None, &base.join("k2"))?.dir,
-    )?);
-    let fview = no_times(snapshot(
-        &KernelMount::mount(&with("fu"), None, &base.join("f2"))?.dir,
-    )?);
+    let kview = kernel_view_of_upper(&base.join("ku"), &layers, &base.join("k2"))?;
+    let fview = kernel_view_of_upper(&base.join("fu"), &layers, &base.join("f2"))?;
     assert_same_tree(&kview, &fview, "kernel views of the two upper dirs")
 }
 
@@ -540,17 +531,6 @@ fn uring_on_passes_pjdfstest() -> Result<()> {
     if !enable_uring("uring_on_passes_pjdfstest") {
         return Ok(());
     }
-    let home_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/pjdfstest"));
-    let exe = match home_bin.filter(|p| p.exists()) {
-        Some(p) => p,
-        None if have("pjdfstest") => "pjdfstest".into(),
-        None => {
-            eprintln!(
-                "SKIP overlay_uring::uring_on_passes_pjdfstest: pjdfstest is not installed (cargo install --locked pjdfstest)"
-            );
-            return Ok(());
-        }
-    };
     let tmp = tempfile::tempdir()?;
     let lower = tmp.path().join("lower");
     std::fs::create_dir_all(lower.join("from-lower"))?;
@@ -562,28 +542,15 @@ fn uring_on_passes_pjdfstest() -> Result<()> {
     )?;
     let dir = m.dir.join("pjd");
     std::fs::create_dir(&dir)?;
-    let mut text = String::new();
+    let mut summary = None;
     let served = uring_requests_during(&m.dir, || {
-        let out = Command::new(&exe).arg("-p").arg(&dir).output()?;
-        text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
+        summary = run_pjdfstest(&dir).context("pjdfstest over io_uring")?;
         Ok(())
     })?;
-    let summary = text
-        .lines()
-        .find(|l| l.starts_with("Summary:"))
-        .unwrap_or("no summary")
-        .to_string();
-    eprintln!("pjdfstest on lamina over io_uring: {summary} ({served} io_uring requests)");
-    let failed: Vec<&str> = text
-        .lines()
-        .filter(|l| l.trim_end().ends_with("FAILED"))
-        .collect();
-    ensure!(
-        failed.is_empty() && summary.contains(" 0 failed"),
-        "pjdfstest failures over io_uring:\n{}\n{summary}",
-        failed.join("\n")
-    );
+    if summary.is_none() {
+        return Ok(());
+    }
+    eprintln!("pjdfstest on lamina over io_uring: {served} io_uring requests");
     ensure!(
         served > 1000,
         "only {served} requests went through io_uring"
