@@ -42,9 +42,7 @@ fn a_lamina_mount_shows_its_subtype() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower)?;
-    std::fs::write(lower.join("f"), "x")?;
+    let lower = lower_with(tmp.path(), &[("f", b"x")])?;
     let dir = tmp.path().join("mnt");
     let m = LaminaMount::mount(&[lower], None, &dir)?;
     let fstype = mount_fstype(&m.dir.canonicalize()?);
@@ -105,6 +103,27 @@ fn mount_uring(
     Ok(LaminaMount {
         dir: dir.to_path_buf(),
     })
+}
+
+/// Makes `tmp/lower` holding `files` (name, content); returns its path.
+fn lower_with(tmp: &Path, files: &[(&str, &[u8])]) -> Result<PathBuf> {
+    let lower = tmp.join("lower");
+    std::fs::create_dir_all(&lower)?;
+    for (name, data) in files {
+        std::fs::write(lower.join(name), data)?;
+    }
+    Ok(lower)
+}
+
+/// A read-write `uring=on` mount of `lower` at `tmp/MNT` over `tmp/UPPER`
+/// and `tmp/WORK` (names given as `[UPPER, WORK, MNT]`).
+fn mount_rw_on(tmp: &Path, lower: &Path, [upper, work, mnt]: [&str; 3]) -> Result<LaminaMount> {
+    mount_uring(
+        &[lower.to_path_buf()],
+        Some((&tmp.join(upper), &tmp.join(work))),
+        &tmp.join(mnt),
+        "on",
+    )
 }
 
 /// The pid of the `lamina-overlayfs` server of the mount at `dir`.
@@ -192,9 +211,7 @@ fn uring_on_serves_requests_through_io_uring_and_off_does_not() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower)?;
-    std::fs::write(lower.join("f"), "lower\n")?;
+    let lower = lower_with(tmp.path(), &[("f", b"lower\n")])?;
 
     let on = mount_uring(
         std::slice::from_ref(&lower),
@@ -234,8 +251,7 @@ fn uring_bad_value_is_ignored_and_auto_is_the_default() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower)?;
+    let lower = lower_with(tmp.path(), &[])?;
     // No uring option: auto, and the kernel offers it now.
     let m = LaminaMount::mount(&[lower], None, &tmp.path().join("m"))?;
     let served = uring_requests_during(&m.dir, || stat_missing(&m.dir, 500))?;
@@ -371,12 +387,7 @@ fn uring_on_stays_consistent_under_concurrent_processes() -> Result<()> {
             }
         }
     }
-    let m = mount_uring(
-        &[lower],
-        Some((&tmp.path().join("u"), &tmp.path().join("w"))),
-        &tmp.path().join("m"),
-        "on",
-    )?;
+    let m = mount_rw_on(tmp.path(), &lower, ["u", "w", "m"])?;
     for i in 0..WORKERS {
         run(Command::new("sh")
             .arg("-c")
@@ -447,16 +458,9 @@ fn uring_on_keeps_passthrough_reads_in_the_kernel() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower)?;
     let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
-    std::fs::write(lower.join("big"), &data)?;
-    let m = mount_uring(
-        &[lower],
-        Some((&tmp.path().join("u"), &tmp.path().join("w"))),
-        &tmp.path().join("m"),
-        "on",
-    )?;
+    let lower = lower_with(tmp.path(), &[("big", &data)])?;
+    let m = mount_rw_on(tmp.path(), &lower, ["u", "w", "m"])?;
     let path = m.dir.join("big");
     let served = uring_requests_during(&m.dir, || {
         use std::io::Read;
@@ -492,17 +496,9 @@ fn uring_on_unmount_ends_the_server() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(&lower)?;
-    std::fs::write(lower.join("f"), "x")?;
+    let lower = lower_with(tmp.path(), &[("f", b"x")])?;
     for round in 0..3 {
-        let dir = tmp.path().join("m");
-        let m = mount_uring(
-            std::slice::from_ref(&lower),
-            Some((&tmp.path().join("u"), &tmp.path().join("w"))),
-            &dir,
-            "on",
-        )?;
+        let m = mount_rw_on(tmp.path(), &lower, ["u", "w", "m"])?;
         let pid = server_pid(&m.dir)?;
         stat_missing(&m.dir, 50)?;
         // Keep a file open across the unmount request (lazy unmount).
@@ -532,14 +528,9 @@ fn uring_on_passes_pjdfstest() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let lower = tmp.path().join("lower");
-    std::fs::create_dir_all(lower.join("from-lower"))?;
-    let m = mount_uring(
-        &[lower],
-        Some((&tmp.path().join("upper"), &tmp.path().join("work"))),
-        &tmp.path().join("mnt"),
-        "on",
-    )?;
+    let lower = lower_with(tmp.path(), &[])?;
+    std::fs::create_dir(lower.join("from-lower"))?;
+    let m = mount_rw_on(tmp.path(), &lower, ["upper", "work", "mnt"])?;
     let dir = m.dir.join("pjd");
     std::fs::create_dir(&dir)?;
     let mut summary = None;
