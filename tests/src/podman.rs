@@ -240,6 +240,23 @@ pub fn small_rootfs(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// [`small_rootfs`] made in `dir/rootfs` and packed as `dir/rootfs.tar`;
+/// returns the tar's path.
+pub fn small_rootfs_tar(dir: &Path) -> Result<PathBuf> {
+    let rootfs = dir.join("rootfs");
+    small_rootfs(&rootfs)?;
+    let tar = dir.join("rootfs.tar");
+    crate::archive::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+    )?;
+    Ok(tar)
+}
+
 /// Makes `name` in the lamina store at `store`: [`small_rootfs`] imported as
 /// `name-base`, then a second layer committed from a container that
 /// deleted `/usr/bin/touch` and the dir `/data/gone`, replaced `/opq` by a
@@ -249,17 +266,7 @@ pub fn lamina_layered_image(store: &Path, name: &str) -> Result<()> {
     let work = tempfile::Builder::new()
         .prefix("lamina-podman-img-")
         .tempdir()?;
-    let rootfs = work.path().join("rootfs");
-    small_rootfs(&rootfs)?;
-    let tar = work.path().join("rootfs.tar");
-    crate::archive::run(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."),
-    )?;
+    let tar = small_rootfs_tar(work.path())?;
     let lamina = |args: &[&str]| crate::archive::lamina(store, args);
     let base = format!("{name}-base");
     lamina(&["import", &tar.to_string_lossy(), &base])?;

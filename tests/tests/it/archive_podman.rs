@@ -8,7 +8,7 @@
 
 use anyhow::{Context as _, Result, ensure};
 use lamina_tests::archive::{Tree, assert_same_tree, lamina, snapshot};
-use lamina_tests::podman::{Podman, lamina_layered_image, podman_available, small_rootfs};
+use lamina_tests::podman::{Podman, lamina_layered_image, podman_available, small_rootfs_tar};
 use std::path::Path;
 
 /// lamina's read-only mount of `image` in `store`, snapshotted.
@@ -108,17 +108,7 @@ fn lamina_loads_podman_save_in_both_formats() -> Result<()> {
         return Ok(());
     }
     let work = tempfile::tempdir()?;
-    let rootfs = work.path().join("rootfs");
-    small_rootfs(&rootfs)?;
-    let tar = work.path().join("rootfs.tar");
-    lamina_tests::archive::run(
-        std::process::Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."),
-    )?;
+    let tar = small_rootfs_tar(work.path())?;
     // podman makes the image: an imported base, then a committed layer with
     // whiteouts of a file and a dir, an opaque dir and a new file.
     let p = Podman::new(None, None)?;
