@@ -3,6 +3,7 @@
 
 mod commands;
 mod context;
+mod logging;
 mod service;
 mod transfer;
 
@@ -77,15 +78,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LAMINA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: background servers log to files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init();
     let ctx = context::Context::new(cli.root);
     let result = match cli.command {
         Command::Pull(a) => commands::pull::run(&ctx, a),

@@ -17,6 +17,9 @@
 //! launcher exits, and nothing may go to the launcher's pipes any more.
 
 use lamina_fuse::{OverlayConfig, daemon};
+
+#[path = "../logging.rs"]
+mod logging;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -213,15 +216,7 @@ fn serve(o: Opts, background: bool) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LAMINA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        // The background server's stderr becomes a log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match parse(&args) {
         Ok(o) => o,
