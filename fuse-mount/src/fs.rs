@@ -590,12 +590,11 @@ impl OverlayFs {
 
     /// `getattr`.
     pub fn op_getattr(&self, ino: u64, fh: Option<u64>) -> OpResult<(Arc<Node>, Stat)> {
-        if let Some(fh) = fh {
-            if let Some(h) = self.handles.lock().unwrap().get(&fh).cloned() {
-                if let Handle::File { file, node, .. } = &*h {
-                    return Ok((node.clone(), rfs::fstat(file)?));
-                }
-            }
+        if let Some(fh) = fh
+            && let Some(h) = self.handles.lock().unwrap().get(&fh).cloned()
+            && let Handle::File { file, node, .. } = &*h
+        {
+            return Ok((node.clone(), rfs::fstat(file)?));
         }
         let node = self.node(ino)?;
         let st = self.stat(&node)?;
@@ -642,15 +641,15 @@ impl OverlayFs {
                 AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
             )?;
         }
-        if let Some(mode) = mode {
-            if node.kind != FileType::Symlink {
-                rfs::chmodat(
-                    rfs::CWD,
-                    proc_path(&*fd),
-                    Mode::from_raw_mode(mode & 0o7777),
-                    AtFlags::empty(),
-                )?;
-            }
+        if let Some(mode) = mode
+            && node.kind != FileType::Symlink
+        {
+            rfs::chmodat(
+                rfs::CWD,
+                proc_path(&*fd),
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )?;
         }
         if let Some(size) = size {
             let handle = fh.and_then(|fh| self.handles.lock().unwrap().get(&fh).cloned());
@@ -826,12 +825,12 @@ impl OverlayFs {
         }
         self.fd_opened(node.ino);
         self.update_index(&parent, |ix| {
-            if let Some(e) = ix.entries.get_mut(&name) {
-                if let State::Present { kind, .. } = e.state {
-                    e.state = State::Present { layer: 0, kind };
-                    if kind == FileType::Directory {
-                        e.dir_chain.insert(0, 0);
-                    }
+            if let Some(e) = ix.entries.get_mut(&name)
+                && let State::Present { kind, .. } = e.state
+            {
+                e.state = State::Present { layer: 0, kind };
+                if kind == FileType::Directory {
+                    e.dir_chain.insert(0, 0);
                 }
             }
         })
@@ -939,15 +938,16 @@ impl OverlayFs {
                 AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
             )?;
         }
-        if let (Some(mode), true) = (mode, needs_chown) {
-            if mode & 0o6000 != 0 && kind != FileType::Symlink {
-                rfs::chmodat(
-                    rfs::CWD,
-                    proc_path(&fd),
-                    Mode::from_raw_mode(mode & 0o7777),
-                    AtFlags::empty(),
-                )?;
-            }
+        if let (Some(mode), true) = (mode, needs_chown)
+            && mode & 0o6000 != 0
+            && kind != FileType::Symlink
+        {
+            rfs::chmodat(
+                rfs::CWD,
+                proc_path(&fd),
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )?;
         }
         let lower_positive = old.as_ref().is_some_and(|e| e.lower_positive);
         if kind == FileType::Directory && lower_positive {
@@ -1170,10 +1170,10 @@ impl OverlayFs {
     /// may be reused by the backing fs for a new file, which must not inherit
     /// this node.
     fn forget_identity(&self, before: Option<Stat>, kind: FileType) {
-        if let Some(st) = before {
-            if kind == FileType::Directory || st.st_nlink <= 1 {
-                self.ids.lock().unwrap().remove(&(st.st_dev, st.st_ino));
-            }
+        if let Some(st) = before
+            && (kind == FileType::Directory || st.st_nlink <= 1)
+        {
+            self.ids.lock().unwrap().remove(&(st.st_dev, st.st_ino));
         }
     }
 
@@ -1334,10 +1334,11 @@ impl OverlayFs {
         if exchange {
             rfs::renameat_with(&*sfd, name, &*dfd, newname, RenameFlags::EXCHANGE)?;
         } else {
-            if let Some(d) = &dst {
-                if d.kind == FileType::Directory && self.in_upper(d) {
-                    Self::clear_whiteouts(&self.node_fd(d)?.0)?;
-                }
+            if let Some(d) = &dst
+                && d.kind == FileType::Directory
+                && self.in_upper(d)
+            {
+                Self::clear_whiteouts(&self.node_fd(d)?.0)?;
             }
             if de.as_ref().is_some_and(|e| e.upper_whiteout) && src.kind == FileType::Directory {
                 rfs::unlinkat(&*dfd, newname, AtFlags::empty())?;
@@ -1448,12 +1449,13 @@ impl OverlayFs {
             // Already what a shared backing needs (e.g. a new file's create fd).
             return opened.file.try_clone().map_err(io_errno);
         }
-        if opened.layer == 0 && self.has_upper {
-            if let Ok(f) = self.reopen(node, libc::O_RDWR) {
-                return Ok(f);
-            }
+        if opened.layer == 0
+            && self.has_upper
+            && let Ok(f) = self.reopen(node, libc::O_RDWR)
+        {
+            return Ok(f);
         }
-        Ok(opened.file.try_clone().map_err(io_errno)?)
+        opened.file.try_clone().map_err(io_errno)
     }
 
     pub(crate) fn add_handle(&self, h: Handle) -> u64 {

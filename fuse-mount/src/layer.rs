@@ -183,10 +183,11 @@ pub fn read_layer_dir(dir: &OwnedFd) -> Result<(Vec<(OsString, Raw)>, bool), Err
 pub fn is_opaque_dir(fd: &impl AsFd) -> bool {
     let mut buf = [0u8; 8];
     for name in [OPAQUE_XATTR, OPAQUE_XATTR_USER] {
-        if let Ok(n) = rfs::fgetxattr(fd, name, &mut buf[..]) {
-            if n >= 1 && buf[0] == b'y' {
-                return true;
-            }
+        if let Ok(n) = rfs::fgetxattr(fd, name, &mut buf[..])
+            && n >= 1
+            && buf[0] == b'y'
+        {
+            return true;
         }
     }
     false

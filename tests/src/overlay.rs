@@ -393,13 +393,13 @@ pub fn edge_layers(base: &Path, markers: bool) -> Result<Vec<PathBuf>> {
     std::fs::hard_link(l3.join("hl/p1"), l3.join("hl/p2"))?;
     write(&l3.join("attrs"), "with xattrs\n")?;
     rustix::fs::setxattr(
-        &l3.join("attrs"),
+        l3.join("attrs"),
         "user.color",
         b"blue",
         rustix::fs::XattrFlags::empty(),
     )?;
     rustix::fs::setxattr(
-        &l3.join("attrs"),
+        l3.join("attrs"),
         "trusted.secret",
         b"s3",
         rustix::fs::XattrFlags::empty(),

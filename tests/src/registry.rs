@@ -240,16 +240,16 @@ impl Registry {
                     }
                     bail!("docker-registry exited with {status}: {log}");
                 }
-                if let Ok(resp) = http_get(&host, "/v2/") {
-                    if resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.1 401") {
-                        return Ok(Registry {
-                            child,
-                            host,
-                            dir,
-                            issuer,
-                            auth,
-                        });
-                    }
+                if let Ok(resp) = http_get(&host, "/v2/")
+                    && (resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.1 401"))
+                {
+                    return Ok(Registry {
+                        child,
+                        host,
+                        dir,
+                        issuer,
+                        auth,
+                    });
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -713,7 +713,7 @@ impl TokenIssuer {
                     let requested: Vec<String> = query
                         .split('&')
                         .filter_map(|kv| kv.strip_prefix("scope="))
-                        .map(|v| percent_decode(v))
+                        .map(percent_decode)
                         .collect();
                     scs.lock().unwrap().extend(requested.iter().cloned());
                     let authed = req.header("authorization") == Some(expected.as_str());
@@ -764,12 +764,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
@@ -998,13 +999,13 @@ async fn proxy_conn(
                 chunk[(at - body_pos) as usize] ^= 0x5a;
             }
         }
-        if let (true, ProxyMode::Cut(limit), None) = (is_blob, mode, req.header("range")) {
-            if body_pos + chunk.len() as u64 > limit {
-                let keep = limit.saturating_sub(body_pos) as usize;
-                client.write_all(&chunk[..keep]).await?;
-                bytes.fetch_add(keep as u64, Ordering::SeqCst);
-                return Ok(());
-            }
+        if let (true, ProxyMode::Cut(limit), None) = (is_blob, mode, req.header("range"))
+            && body_pos + chunk.len() as u64 > limit
+        {
+            let keep = limit.saturating_sub(body_pos) as usize;
+            client.write_all(&chunk[..keep]).await?;
+            bytes.fetch_add(keep as u64, Ordering::SeqCst);
+            return Ok(());
         }
         body_pos += chunk.len() as u64;
         if let (true, ProxyMode::Throttle(rate)) = (is_blob, mode) {

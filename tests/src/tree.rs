@@ -183,7 +183,7 @@ fn node(dir: BorrowedFd<'_>, name: &OsStr, st: &rustix::fs::Stat, opts: &Options
         size,
         detail,
         xattrs: xattrs_of_fd(&pfd)?,
-        mtime: want_mtime.then_some((st.st_mtime as i64, st.st_mtime_nsec as i64)),
+        mtime: want_mtime.then_some((st.st_mtime, st.st_mtime_nsec as i64)),
     })
 }
 

@@ -62,12 +62,12 @@ fn ops() -> Vec<Op> {
         }),
         ("set an xattr", |r, _| {
             rustix::fs::setxattr(
-                &r.join("attrs"),
+                r.join("attrs"),
                 "user.color",
                 b"red",
                 rustix::fs::XattrFlags::empty(),
             )?;
-            Ok(rustix::fs::removexattr(&r.join("attrs"), "trusted.secret")?)
+            Ok(rustix::fs::removexattr(r.join("attrs"), "trusted.secret")?)
         }),
         ("unlink a lower file", |r, _| {
             std::fs::remove_file(r.join("dir1/z"))
@@ -101,7 +101,7 @@ fn ops() -> Vec<Op> {
         ("mkfifo", |r, _| {
             Ok(rustix::fs::mknodat(
                 rustix::fs::CWD,
-                &r.join("newfifo"),
+                r.join("newfifo"),
                 rustix::fs::FileType::Fifo,
                 rustix::fs::Mode::from_raw_mode(0o640),
                 0,

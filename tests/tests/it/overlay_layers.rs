@@ -25,7 +25,7 @@ fn five_hundred_layers_mount_and_merge() -> Result<()> {
         if i % 10 == 0 && i > 0 {
             rustix::fs::mknodat(
                 rustix::fs::CWD,
-                &l.join(format!("own{}", i - 1)),
+                l.join(format!("own{}", i - 1)),
                 rustix::fs::FileType::CharacterDevice,
                 rustix::fs::Mode::empty(),
                 0,

@@ -197,8 +197,7 @@ fn server_pid(dir: &Path) -> Option<u32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        (args.first()?.ends_with("lamina-overlayfs") && args.iter().any(|a| *a == want))
-            .then_some(pid)
+        (args.first()?.ends_with("lamina-overlayfs") && args.contains(&want)).then_some(pid)
     })
 }
 

@@ -136,7 +136,7 @@ fn pull_with_a_dangling_hardlink_in_an_upper_layer_fails_and_leaves_no_layer() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let bottom = tar_of([Entry::file("a", &random_bytes(4 << 20))]);
+    let bottom = tar_of([Entry::file("a", random_bytes(4 << 20))]);
     let top = tar_of([Entry::hardlink("b", "nowhere")]);
     let layout = dir.path().join("oci");
     write_layout(&layout, "v1", &[bottom, top]);

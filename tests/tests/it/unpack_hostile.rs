@@ -277,13 +277,12 @@ fn overlay_xattrs_from_the_layer_are_dropped() -> Result<()> {
         ("f", "user.overlay.redirect"),
     ] {
         ensure!(
-            rustix::fs::lgetxattr(&sb.dest.join(file), name, &mut buf[..]).is_err(),
+            rustix::fs::lgetxattr(sb.dest.join(file), name, &mut buf[..]).is_err(),
             "{name} kept on {file}"
         );
     }
     ensure!(
-        rustix::fs::lgetxattr(&sb.dest.join("d"), "trusted.overlay.redirect", &mut buf[..])
-            .is_err()
+        rustix::fs::lgetxattr(sb.dest.join("d"), "trusted.overlay.redirect", &mut buf[..]).is_err()
     );
     sb.assert_outside_untouched()
 }

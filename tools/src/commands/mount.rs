@@ -225,17 +225,16 @@ fn mount_and_record(
     container: Option<String>,
 ) -> anyhow::Result<()> {
     let dir = dir.to_path_buf();
-    if let Some(cid) = &container {
-        if let Some(m) = records(ctx)
+    if let Some(cid) = &container
+        && let Some(m) = records(ctx)
             .iter()
             .find(|m| m.container.as_deref() == Some(cid) && is_mounted(&m.dir))
-        {
-            anyhow::bail!(
-                "container {} is already mounted at {}: two mounts over one upper dir would corrupt it",
-                &cid[..12],
-                m.dir.display()
-            );
-        }
+    {
+        anyhow::bail!(
+            "container {} is already mounted at {}: two mounts over one upper dir would corrupt it",
+            &cid[..12],
+            m.dir.display()
+        );
     }
     args.uring
         .parse::<lamina_fuse::Uring>()
