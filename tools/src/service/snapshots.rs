@@ -410,16 +410,7 @@ impl Snapshots {
         })?;
         if !present {
             // Collected between the check and the hold: extract as usual.
-            let users: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM snapshots WHERE chain_id = ?1",
-                    [target],
-                    |row| row.get(0),
-                )
-                .map_err(self.db())?;
-            if users == 0 {
-                self.layers.release(target)?;
-            }
+            self.release_if_unused(conn, target)?;
             return Ok(false);
         }
         conn.execute(
@@ -542,19 +533,26 @@ impl Snapshots {
             doomed.push(dir);
         }
         if let Some(chain) = &r.chain_id {
-            let others: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM snapshots WHERE chain_id = ?1",
-                    [chain],
-                    |row| row.get(0),
-                )
-                .map_err(self.db())?;
-            if others == 0 {
-                // Under the lock: no snapshot can take the layer meanwhile.
-                self.layers.release(chain)?;
-            }
+            // Under the lock: no snapshot can take the layer meanwhile.
+            self.release_if_unused(&conn, chain)?;
         }
         Ok(doomed)
+    }
+
+    /// Drops the service's hold on layer `chain` when no snapshot row
+    /// refers to it any more.
+    fn release_if_unused(&self, conn: &Connection, chain: &str) -> Result<()> {
+        let users: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM snapshots WHERE chain_id = ?1",
+                [chain],
+                |row| row.get(0),
+            )
+            .map_err(self.db())?;
+        if users == 0 {
+            self.layers.release(chain)?;
+        }
+        Ok(())
     }
 
     /// Updates a snapshot's labels: `fieldpaths` empty or `labels` replaces

@@ -304,6 +304,15 @@ pub fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
 /// Changes the mode of `name` in `dir` (a device or fifo) without following
 /// it if it is a symlink and without opening it for I/O.
 pub fn chmod_nofollow(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
+    let (_fd, proc) = proc_path_nofollow(dir, name)?;
+    rustix::fs::chmod(proc.as_str(), Mode::from_raw_mode(mode))?;
+    Ok(())
+}
+
+/// An `O_PATH|O_NOFOLLOW` fd of `name` in `dir` and its `/proc/self/fd`
+/// path, valid while the fd lives. The /proc magic link jumps to the inode
+/// itself, even a symlink, so no path in the layer is resolved again.
+fn proc_path_nofollow(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<(OwnedFd, String)> {
     let fd = rustix::fs::openat(
         dir,
         name,
@@ -311,8 +320,7 @@ pub fn chmod_nofollow(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result
         Mode::empty(),
     )?;
     let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-    rustix::fs::chmod(proc.as_str(), Mode::from_raw_mode(mode))?;
-    Ok(())
+    Ok((fd, proc))
 }
 
 /// Sets an xattr on `name` in `dir` without following it if it is a
@@ -323,15 +331,7 @@ pub fn set_xattr_nofollow(
     xname: &[u8],
     value: &[u8],
 ) -> io::Result<()> {
-    let fd = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    // The /proc magic link jumps to the inode itself, even a symlink opened
-    // with O_PATH|O_NOFOLLOW; no path in the layer is resolved again.
-    let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let (_fd, proc) = proc_path_nofollow(dir, name)?;
     rustix::fs::setxattr(
         proc.as_str(),
         OsStr::from_bytes(xname),
