@@ -5,144 +5,14 @@
 
 use anyhow::{Context as _, Result, ensure};
 use lamina_tests::overlay::{
-    KernelMount, LaminaMount, Tree, assert_same_tree, edge_layers, fuse_available,
-    kernel_overlay_available, kernel_view_of_upper, snapshot,
+    KernelMount, LaminaMount, Tree, apply_changes_to_both, assert_same_tree, edge_layers,
+    fuse_available, kernel_overlay_available, kernel_view_of_upper, snapshot,
 };
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::symlink;
 use std::path::Path;
 
 fn no_times(t: Tree) -> Tree {
     t.no_times()
-}
-
-type Op = (&'static str, fn(&Path, bool) -> std::io::Result<()>);
-
-/// Renames a directory; on kernel overlayfs without redirect_dir a lower dir
-/// gives EXDEV and is moved as `mv` does it (copy, then delete).
-fn rename_dir(root: &Path, from: &str, to: &str, kernel: bool) -> std::io::Result<()> {
-    match std::fs::rename(root.join(from), root.join(to)) {
-        Err(e) if kernel && e.raw_os_error() == Some(libc::EXDEV) => {
-            let ok = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!("cp -a {from} {to} && rm -rf {from}"))
-                .current_dir(root)
-                .status()?
-                .success();
-            if ok {
-                Ok(())
-            } else {
-                Err(std::io::Error::other("cp/rm emulation failed"))
-            }
-        }
-        r => r,
-    }
-}
-
-fn ops() -> Vec<Op> {
-    vec![
-        ("append to a lower file", |r, _| {
-            OpenOptions::new()
-                .append(true)
-                .open(r.join("a.txt"))?
-                .write_all(b"more\n")
-        }),
-        ("truncate a lower file", |r, _| {
-            OpenOptions::new()
-                .write(true)
-                .open(r.join("keep.txt"))?
-                .set_len(5)
-        }),
-        ("chmod a lower suid file", |r, _| {
-            std::fs::set_permissions(r.join("modes/suid"), std::fs::Permissions::from_mode(0o750))
-        }),
-        ("chown a lower file", |r, _| {
-            std::os::unix::fs::lchown(r.join("modes/owned"), Some(42), Some(43))
-        }),
-        ("set an xattr", |r, _| {
-            rustix::fs::setxattr(
-                r.join("attrs"),
-                "user.color",
-                b"red",
-                rustix::fs::XattrFlags::empty(),
-            )?;
-            Ok(rustix::fs::removexattr(r.join("attrs"), "trusted.secret")?)
-        }),
-        ("unlink a lower file", |r, _| {
-            std::fs::remove_file(r.join("dir1/z"))
-        }),
-        ("remove a lower opaque dir", |r, _| {
-            std::fs::remove_dir_all(r.join("opq_x"))
-        }),
-        ("mkdir where a dir was removed", |r, _| {
-            std::fs::create_dir(r.join("opq_x"))?;
-            std::fs::write(r.join("opq_x/fresh"), "fresh\n")
-        }),
-        ("create over a whiteout", |r, _| {
-            std::fs::write(r.join("gone_marker"), "reborn\n")
-        }),
-        ("rename a lower file across dirs", |r, _| {
-            std::fs::rename(r.join("a.txt"), r.join("dir1/a_moved"))
-        }),
-        ("rename a file over a lower symlink", |r, _| {
-            std::fs::rename(r.join("keep.txt"), r.join("f2l"))
-        }),
-        ("hardlink a lower hardlinked file", |r, _| {
-            std::fs::hard_link(r.join("hl/one"), r.join("new_link"))
-        }),
-        ("write the other name of a lower hardlink", |r, _| {
-            std::fs::write(r.join("hl/two"), "two changed\n")
-        }),
-        ("hardlink a lower file", |r, _| {
-            std::fs::hard_link(r.join("attrs"), r.join("attrs_link"))
-        }),
-        ("symlink", |r, _| symlink("dir1", r.join("new_sym"))),
-        ("mkfifo", |r, _| {
-            Ok(rustix::fs::mknodat(
-                rustix::fs::CWD,
-                r.join("newfifo"),
-                rustix::fs::FileType::Fifo,
-                rustix::fs::Mode::from_raw_mode(0o640),
-                0,
-            )?)
-        }),
-        ("rename a lower dir tree", |r, k| {
-            rename_dir(r, "mv_me", "moved_dir", k)
-        }),
-        ("rmdir a merged subdir", |r, _| {
-            std::fs::remove_file(r.join("deep/l2only/f"))?;
-            std::fs::remove_dir(r.join("deep/l2only"))
-        }),
-        ("write into a deep merged dir", |r, _| {
-            std::fs::write(r.join("deep/l1only/f"), "rewritten\n")
-        }),
-        ("rename a file over a dir (EISDIR)", |r, _| {
-            std::fs::rename(r.join("d2f"), r.join("f2d"))
-        }),
-        ("rmdir a non-empty merged dir (ENOTEMPTY)", |r, _| {
-            std::fs::remove_dir(r.join("dir1"))
-        }),
-        ("unlink a lower symlink", |r, _| {
-            std::fs::remove_file(r.join("link_a"))
-        }),
-        ("create a new tree", |r, _| {
-            std::fs::create_dir_all(r.join("newdir/sub"))?;
-            std::fs::write(r.join("newdir/sub/file"), "new\n")
-        }),
-        ("rename an upper-only dir", |r, _| {
-            std::fs::rename(r.join("newdir"), r.join("newdir2"))
-        }),
-        ("move a lower dir into an opaque dir", |r, k| {
-            rename_dir(r, "f2d", "opq_m/f2d_moved", k)
-        }),
-        ("replace a lower hardlink name", |r, _| {
-            std::fs::write(r.join("hl/p1"), "rewritten pair\n")
-        }),
-        ("open O_TRUNC a lower file", |r, _| {
-            std::fs::write(r.join("deep/shared"), "")
-        }),
-    ]
 }
 
 #[test]
@@ -177,16 +47,7 @@ fn merged_view_and_upper_match_kernel_overlayfs() -> Result<()> {
             "merged view before writes (kernel vs lamina)",
         )?;
 
-        let mut results = Vec::new();
-        for (name, op) in ops() {
-            let kr = op(&k.dir, true).map_err(|e| e.raw_os_error());
-            let fr = op(&f.dir, false).map_err(|e| e.raw_os_error());
-            results.push(format!("{name}: kernel {kr:?} lamina {fr:?}"));
-            ensure!(
-                kr == fr,
-                "operation {name:?} differs: kernel {kr:?}, lamina {fr:?}"
-            );
-        }
+        let results = apply_changes_to_both(&k.dir, &f.dir)?;
         eprintln!("{}", results.join("\n"));
         assert_same_tree(
             &no_times(snapshot(&k.dir)?),

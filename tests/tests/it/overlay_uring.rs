@@ -10,8 +10,8 @@
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lamina_tests::overlay::{
-    KernelMount, LaminaMount, Tree, assert_same_tree, edge_layers, fuse_available,
-    kernel_overlay_available, kernel_view_of_upper, run, run_pjdfstest, snapshot,
+    KernelMount, LaminaMount, Tree, apply_changes_to_both, assert_same_tree, edge_layers,
+    fuse_available, kernel_overlay_available, kernel_view_of_upper, run, run_pjdfstest, snapshot,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -266,41 +266,6 @@ fn no_times(t: Tree) -> Tree {
     t.no_times()
 }
 
-/// Writes, renames and deletes applied the same way to both mounts.
-fn change(r: &Path) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(r.join("a.txt"))?
-        .write_all(b"more\n")?;
-    std::fs::write(r.join("gone_marker"), "reborn\n")?;
-    std::fs::remove_file(r.join("dir1/z"))?;
-    std::fs::remove_dir_all(r.join("opq_x"))?;
-    std::fs::create_dir(r.join("opq_x"))?;
-    std::fs::write(r.join("opq_x/fresh"), "fresh\n")?;
-    std::fs::rename(r.join("keep.txt"), r.join("dir1/keep_moved"))?;
-    std::fs::hard_link(r.join("hl/one"), r.join("new_link"))?;
-    std::fs::write(r.join("hl/two"), "two changed\n")?;
-    std::os::unix::fs::symlink("dir1", r.join("new_sym"))?;
-    std::fs::create_dir_all(r.join("newdir/sub"))?;
-    std::fs::write(r.join("newdir/sub/file"), "new\n")?;
-    std::fs::rename(r.join("newdir"), r.join("newdir2"))?;
-    std::fs::remove_file(r.join("link_a"))?;
-    std::fs::write(r.join("deep/l1only/f"), "rewritten\n")?;
-    std::os::unix::fs::lchown(r.join("modes/owned"), Some(42), Some(43))?;
-    rustix::fs::setxattr(
-        r.join("attrs"),
-        "user.color",
-        b"red",
-        rustix::fs::XattrFlags::empty(),
-    )?;
-    let e = std::fs::remove_dir(r.join("dir1")).unwrap_err();
-    if e.raw_os_error() != Some(libc::ENOTEMPTY) {
-        return Err(e);
-    }
-    Ok(())
-}
-
 #[test]
 fn uring_on_matches_kernel_overlayfs_before_and_after_writes() -> Result<()> {
     if !enable_uring("uring_on_matches_kernel_overlayfs_before_and_after_writes") {
@@ -330,8 +295,7 @@ fn uring_on_matches_kernel_overlayfs_before_and_after_writes() -> Result<()> {
             &snapshot(&f.dir)?,
             "merged view before writes (kernel vs lamina over io_uring)",
         )?;
-        change(&k.dir).context("changes on kernel overlayfs")?;
-        change(&f.dir).context("changes on lamina over io_uring")?;
+        apply_changes_to_both(&k.dir, &f.dir).context("the same changes over io_uring")?;
         assert_same_tree(
             &no_times(snapshot(&k.dir)?),
             &no_times(snapshot(&f.dir)?),
