@@ -22,12 +22,25 @@ pub struct Serve {
     /// `--driver` value.
     pub driver: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Serve {
     /// Starts `lamina --root ROOT serve --driver DRIVER` with its sockets in
     /// `sock_dir`, and waits until both sockets answer.
     pub fn start(root: &Path, sock_dir: &Path, driver: &str, extra: &[&str]) -> Result<Serve> {
+        Self::start_with_env(root, sock_dir, driver, extra, &[])
+    }
+
+    /// [`Serve::start`] with extra environment variables for the daemon
+    /// (registry settings of the layer fast path, auth files).
+    pub fn start_with_env(
+        root: &Path,
+        sock_dir: &Path,
+        driver: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Serve> {
         let mut s = Serve {
             child: None,
             root: root.to_owned(),
@@ -35,6 +48,10 @@ impl Serve {
             api_socket: sock_dir.join("api.sock"),
             driver: driver.to_owned(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.spawn()?;
         Ok(s)
@@ -54,6 +71,7 @@ impl Serve {
             .arg(&self.api_socket)
             .args(&self.extra)
             .env("LAMINA_LOG", "lamina=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

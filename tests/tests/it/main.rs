@@ -19,6 +19,7 @@ mod registry_pull;
 mod registry_pull_parallel;
 mod service_api;
 mod service_containerd;
+mod service_fastpath;
 mod service_snapshotter;
 mod store_commands;
 mod store_concurrency;

@@ -24,6 +24,12 @@ pub struct Args {
     /// /run/lamina/mounts and /mnt/lamina).
     #[arg(long = "mount-root")]
     pub mount_roots: Vec<PathBuf>,
+    /// Never fetch layers for containerd: without this, a Prepare carrying
+    /// containerd's remote-snapshotter labels (cri.image-ref,
+    /// cri.manifest-digest, cri.layer-digest) has lamina pull that layer
+    /// itself and answer AlreadyExists, instead of containerd writing it.
+    #[arg(long)]
+    pub no_fetch_layers: bool,
 }
 
 /// Runs `lamina serve`.
@@ -47,6 +53,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(|| args.socket_dir.join("api.sock")),
         driver: args.driver,
         mount_roots,
+        fetch_layers: !args.no_fetch_layers,
     };
     tokio::runtime::Runtime::new()?.block_on(service::serve(config))
 }

@@ -17,6 +17,7 @@ pub mod api;
 pub mod filters;
 pub mod layers;
 pub mod merged;
+pub mod remote;
 pub mod snapshots;
 pub mod snapshotter;
 
@@ -37,6 +38,9 @@ pub struct Config {
     pub driver: snapshotter::Driver,
     /// Directories under which the API may mount.
     pub mount_roots: Vec<PathBuf>,
+    /// The remote fast path: fetch layers named by containerd's
+    /// remote-snapshotter labels (see [`remote`]).
+    pub fetch_layers: bool,
 }
 
 /// Serves both sockets until SIGINT or SIGTERM; removes the sockets on the way out.
@@ -59,11 +63,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let snap_listener = bind(&config.snapshotter_socket)?;
     let api_listener = bind(&config.api_socket)?;
-    let snapshotter = Arc::new(snapshotter::Snapshotter::new(
-        snapshots.clone(),
-        store.clone(),
-        config.driver,
-    ));
+    let mut snapshotter =
+        snapshotter::Snapshotter::new(snapshots.clone(), store.clone(), config.driver);
+    if config.fetch_layers {
+        snapshotter = snapshotter.with_remote(
+            remote::Fetcher::new(store.clone())
+                .context("cannot make the registry client of the layer fast path")?,
+        );
+    }
+    let snapshotter = Arc::new(snapshotter);
     let grpc = containerd_snapshots::tonic::transport::Server::builder()
         .add_service(containerd_snapshots::server(Arc::new(
             snapshotter::Service(snapshotter),

@@ -389,6 +389,69 @@ impl Snapshots {
         Ok(record)
     }
 
+    /// The remote fast path's registration (see
+    /// [`remote`](super::remote)): `layers/<target>` was just fetched by
+    /// lamina for the Prepare of `key` over `parent`; records it as a
+    /// committed snapshot with `parent` and `labels`, named `target` (the
+    /// `containerd.io/snapshot.ref` value, as stargz-snapshotter names it) or,
+    /// when a concurrent Prepare of the same layer took that name first,
+    /// `key` (as the local fast path of [`Snapshots::create`] does; containerd
+    /// finds either by label and parent). Returns the name, or `None` when the
+    /// layer dir is gone (collected meanwhile): the caller then prepares as
+    /// usual. Fails like `create` on a taken key or a bad parent, and with
+    /// FailedPrecondition when the parent is not a lamina layer.
+    pub fn commit_fetched_layer(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: &HashMap<String, String>,
+        target: &str,
+    ) -> Result<Option<String>> {
+        if key.is_empty() || !is_digest(target) {
+            return Err(Error::InvalidArgument(format!(
+                "cannot register fetched layer {target:?} under key {key:?}"
+            )));
+        }
+        let conn = self.lock();
+        if get(&conn, key).map_err(self.db())?.is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "snapshot {key:?} already exists"
+            )));
+        }
+        let parent = self.fetch_parent(&conn, parent)?;
+        let name = if get(&conn, target).map_err(self.db())?.is_none() {
+            target
+        } else {
+            key
+        };
+        let done = self.commit_existing_layer(&conn, name, parent.as_ref(), labels, target)?;
+        Ok(done.then(|| name.to_owned()))
+    }
+
+    /// The chain id a fetched layer goes on: `None` for no parent, the
+    /// parent's chain id when it is a committed lamina layer.
+    pub fn parent_chain(&self, parent: &str) -> Result<Option<String>> {
+        let conn = self.lock();
+        Ok(self.fetch_parent(&conn, parent)?.and_then(|p| p.chain_id))
+    }
+
+    /// `parent` as the parent of a fetched layer: absent (empty), or a
+    /// committed snapshot kept as a lamina layer.
+    fn fetch_parent(&self, conn: &Connection, parent: &str) -> Result<Option<Record>> {
+        if parent.is_empty() {
+            return Ok(None);
+        }
+        let p = get(conn, parent)
+            .map_err(self.db())?
+            .ok_or_else(|| Error::NotFound(parent.to_owned()))?;
+        if p.kind != Kind::Committed || p.chain_id.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "parent {parent:?} is not a committed lamina layer: the layer above it cannot be fetched"
+            )));
+        }
+        Ok(Some(p))
+    }
+
     /// The fast path of [`Snapshots::create`]: when `layers/<target>` exists,
     /// records `key` as a committed snapshot on it and returns true.
     fn commit_existing_layer(

@@ -16,6 +16,13 @@
 //! never mounts it), which is lamina's layer format; nothing goes through FUSE.
 //! The first layer (no parent) is a bind of the upper, also written directly.
 //!
+//! A Prepare carrying containerd's remote-snapshotter labels (CRI's image
+//! puller) whose layer lamina does not have yet is served by the fast path
+//! of [`remote`]: lamina fetches and unpacks the layer itself, registers the
+//! committed snapshot and answers AlreadyExists; on any failure it logs a
+//! warning and prepares as usual. `lamina serve --no-fetch-layers` turns
+//! this off.
+//!
 //! With the `fuse` driver a snapshot's overlay is mounted once, when it is
 //! prepared, by a `lamina-overlayfs` server in its own session, and every
 //! mount containerd makes of it (`ctr run` mounts the rootfs once to read
@@ -33,6 +40,7 @@ use containerd_snapshots::{self as cs, api::types::Mount, tonic};
 
 use super::filters;
 use super::merged;
+use super::remote;
 use super::snapshots::{self, Kind, Record, Snapshots};
 
 /// Which overlay containerd is told to mount.
@@ -55,6 +63,8 @@ pub struct Snapshotter {
     overlay_index_off: bool,
     /// Mounts snapshots' FUSE overlays ahead (`fuse` driver).
     mounter: merged::Mounter,
+    /// The remote fast path, when on (see [`remote`]).
+    remote: Option<remote::Fetcher>,
 }
 
 impl Snapshotter {
@@ -67,7 +77,72 @@ impl Snapshotter {
             driver,
             overlay_index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
             mounter: merged::Mounter::new(),
+            remote: None,
         }
+    }
+
+    /// Turns the remote fast path on: a Prepare labelled by containerd's
+    /// remote-snapshotter handler fetches its layer through `fetcher`.
+    pub fn with_remote(mut self, fetcher: remote::Fetcher) -> Self {
+        self.remote = Some(fetcher);
+        self
+    }
+
+    /// The remote fast path for a Prepare (see [`remote`]): `Ok(Some(name))`
+    /// when the layer was fetched and registered as the committed snapshot
+    /// `name` (the caller answers AlreadyExists), `Ok(None)` when the
+    /// Prepare does not ask for it or the local fast path of
+    /// [`Snapshots::create`] applies, an error when it failed (the caller
+    /// logs it and prepares as usual).
+    async fn fetch_remote(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: &HashMap<String, String>,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(fetcher) = &self.remote else {
+            return Ok(None);
+        };
+        let Some(req) = remote::Request::from_labels(labels) else {
+            return Ok(None);
+        };
+        let req = req?;
+        let (k, p, target) = (key.to_owned(), parent.to_owned(), req.target.to_string());
+        let ready = self
+            .blocking(move |s| {
+                // Already there (pulled, or fetched for another namespace),
+                // or the key is taken: `create` answers as usual.
+                if s.layer_dir(&target).is_dir() || s.stat(&k).is_ok() {
+                    return Ok(None);
+                }
+                s.parent_chain(&p).map(Some)
+            })
+            .await?;
+        let Some(parent_chain) = ready else {
+            return Ok(None);
+        };
+        let parent_chain = parent_chain
+            .as_deref()
+            .map(lamina_store::Digest::parse)
+            .transpose()?;
+        // Held until the snapshot is registered: the store's GC cannot take
+        // the fresh, still unreferenced layer meanwhile.
+        let store = self.store.clone();
+        let _lease = tokio::task::spawn_blocking(move || store.lease()).await??;
+        fetcher.fetch(&req, parent_chain.as_ref()).await?;
+        let (k, p, l, target) = (
+            key.to_owned(),
+            parent.to_owned(),
+            labels.clone(),
+            req.target.to_string(),
+        );
+        let name = self
+            .blocking(move |s| s.commit_fetched_layer(&k, &p, &l, &target))
+            .await?;
+        if name.is_none() {
+            anyhow::bail!("layer {} went away before it was registered", req.target);
+        }
+        Ok(name)
     }
 
     /// Runs a blocking snapshot operation off the async runtime.
@@ -362,6 +437,18 @@ impl cs::Snapshotter for Service {
     ) -> Result<Vec<Mount>, Self::Error> {
         tracing::debug!(key, parent, ?labels, "prepare");
         let _t = Timed::new("prepare", &key);
+        match self.0.fetch_remote(&key, &parent, &labels).await {
+            Ok(Some(name)) => {
+                return Err(tonic::Status::already_exists(format!(
+                    "target snapshot {name:?} fetched by lamina"
+                )));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                key,
+                "remote fast path failed, containerd applies the layer itself: {e:#}"
+            ),
+        }
         self.0.create(key, parent, Kind::Active, labels).await
     }
 

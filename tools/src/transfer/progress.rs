@@ -15,6 +15,8 @@ use std::sync::Mutex;
 pub struct Progress {
     multi: Option<MultiProgress>,
     bars: Mutex<Vec<Option<ProgressBar>>>,
+    /// Reports nothing (a daemon fetching layers).
+    quiet: bool,
 }
 
 impl Progress {
@@ -24,11 +26,24 @@ impl Progress {
         Progress {
             multi,
             bars: Mutex::new(vec![None; layers]),
+            quiet: false,
+        }
+    }
+
+    /// Reports nothing at all.
+    pub fn quiet(layers: usize) -> Self {
+        Progress {
+            multi: None,
+            bars: Mutex::new(vec![None; layers]),
+            quiet: true,
         }
     }
 
     /// Prints a line (above the bars on a terminal).
     pub fn line(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
         match &self.multi {
             Some(m) => {
                 let _ = m.println(text);
@@ -39,6 +54,9 @@ impl Progress {
 
     /// A layer starts: `state` is `present`, `download` or `resume <offset>`.
     pub fn start(&self, idx: usize, digest: &str, size: u64, offset: u64, state: &str) {
+        if self.quiet {
+            return;
+        }
         match &self.multi {
             Some(m) => {
                 let bar = m.add(ProgressBar::new(size));
@@ -67,6 +85,9 @@ impl Progress {
 
     /// A layer event (`done N`, `unpacked`).
     pub fn event(&self, idx: usize, digest: &str, what: &str) {
+        if self.quiet {
+            return;
+        }
         match &self.multi {
             Some(_) => {
                 if let Some(Some(bar)) = self.bars.lock().unwrap().get(idx) {

@@ -43,7 +43,7 @@ use std::sync::{Arc, Condvar, Mutex};
 /// download.
 const TEE_BUDGET: u64 = 256 << 20;
 /// Largest config accepted.
-const MAX_CONFIG: u64 = 16 << 20;
+pub(crate) const MAX_CONFIG: u64 = 16 << 20;
 
 /// What `pull` did.
 pub struct Pulled {
@@ -376,6 +376,102 @@ impl UnpackJob {
     }
 }
 
+/// Fetches one layer of an image into `store` the way [`pull`] fetches each
+/// of its layers: the same ingest (resumable, digest verified before the
+/// unpacker sees the blob's last bytes), the same unpack under the store's
+/// per-chain lock, so the same `layers/<chain>` dir, shared with `lamina
+/// pull` and never unpacked twice. `layer` is the blob in repository `r`,
+/// `diff_id` its uncompressed digest, `parent` the chain id below it (which
+/// must be in the store). Nothing is downloaded when the layer is already
+/// there, and only the unpack when its blob is. Prints nothing. Used by the
+/// snapshotter's remote fast path; returns the layer and the blob bytes
+/// fetched from the registry.
+pub async fn fetch_layer(
+    store: Arc<Store>,
+    client: &Client,
+    r: &Reference,
+    layer: &lamina_registry::Descriptor,
+    diff_id: &lamina_store::Digest,
+    parent: Option<&lamina_store::Digest>,
+) -> anyhow::Result<(lamina_store::LayerInfo, u64)> {
+    if !is_layer_media_type(&layer.media_type) {
+        bail!(
+            "{r}: layer {} has media type {:?}, which is not a container image layer",
+            layer.digest,
+            layer.media_type
+        );
+    }
+    let chain = lamina_store::chain_id(parent, diff_id);
+    let present = {
+        let (store, chain) = (store.clone(), chain.clone());
+        tokio::task::spawn_blocking(move || store.layer(&chain)).await??
+    };
+    if let Some(info) = present {
+        return Ok((info, 0));
+    }
+    let sd = store_digest(&layer.digest);
+    let have_blob = store.content().info(&sd)? == Some(layer.size);
+    let done = Arc::new(Done::default());
+    if have_blob {
+        done.set(Ok(()));
+    }
+    let tee_w = (!have_blob).then(|| tee(TEE_BUDGET));
+    // The parent is complete already: nothing to wait for below.
+    let below = parent.map(|_| {
+        let d = Arc::new(Done::default());
+        d.set(Ok(()));
+        d
+    });
+    let job = UnpackJob {
+        store: store.clone(),
+        label: format!("{} (of {r})", layer.digest),
+        digest: layer.digest.clone(),
+        media_type: layer.media_type.clone(),
+        diff_id: diff_id.clone(),
+        parent: parent.cloned(),
+        below,
+        tee: tee_w.clone(),
+        done: done.clone(),
+    };
+    let unpacker = tokio::task::spawn_blocking(move || job.run());
+    let fetched = std::sync::atomic::AtomicU64::new(0);
+    let download_result = if have_blob {
+        Ok(())
+    } else {
+        let res = download(
+            client,
+            &store,
+            r,
+            &layer.digest,
+            layer.size,
+            0,
+            tee_w.as_ref(),
+            &Progress::quiet(1),
+            &fetched,
+        )
+        .await;
+        match &res {
+            Err(e) => {
+                if let Some(t) = &tee_w {
+                    t.finish(Err(format!("{e:#}")));
+                }
+                done.set(Err(format!("{e:#}")));
+            }
+            Ok(()) => done.set(Ok(())),
+        }
+        res
+    };
+    let unpack_result = unpacker.await.context("the unpack task panicked")?;
+    download_result?;
+    unpack_result?;
+    let info = {
+        let (store, c) = (store.clone(), chain.clone());
+        tokio::task::spawn_blocking(move || store.layer(&c)).await??
+    }
+    .ok_or_else(|| anyhow!("layer {chain} is not in the store after its unpack"))?;
+    Ok((info, fetched.load(std::sync::atomic::Ordering::SeqCst)))
+}
+
 enum Msg {
     Chunk(Bytes),
     /// End of the stream: `Ok(blob url)` exactly `size` bytes arrived
@@ -537,7 +633,8 @@ async fn download(
     Ok(())
 }
 
-fn diff_ids(config: &[u8]) -> anyhow::Result<Vec<lamina_store::Digest>> {
+/// The `rootfs.diff_ids` of an image config.
+pub(crate) fn diff_ids(config: &[u8]) -> anyhow::Result<Vec<lamina_store::Digest>> {
     let v: serde_json::Value =
         serde_json::from_slice(config).context("the image config is not JSON")?;
     let ids = v
