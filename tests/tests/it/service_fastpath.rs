@@ -522,3 +522,53 @@ fn no_fetch_layers_turns_the_fast_path_off() {
     assert!(!layer_dir(&root, &img.chains[0]).exists());
     assert!(serve.alive(), "{}", serve.log());
 }
+
+#[test]
+fn a_corrupt_blob_falls_back_and_leaves_the_store_clean() {
+    use lamina_tests::registry::{Proxy, ProxyMode};
+    let Some(img) = Image::place() else { return };
+    // Layer 2 (300 kB of noise) comes through a proxy that flips a gzip
+    // header byte: same diff id, wrong blob digest. Layer 1 is too small to
+    // be touched.
+    let proxy = Proxy::start(&img.placed.reg.host, ProxyMode::Corrupt);
+    let via_proxy = |i: usize| {
+        let mut l = img.labels(i);
+        l.insert(IMAGE_REF.to_owned(), format!("{}/fast/app:v1", proxy.host));
+        l
+    };
+    let (_tmp, root, mut serve) = serve("lamina-fast-corrupt-", &[]);
+    let [t1, t2] = [&img.chains[0], &img.chains[1]];
+    rt().block_on(async {
+        let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
+        let e = prepare(&mut c, "ns/1/extract", "", via_proxy(0))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists, "{}", serve.log());
+        let m = prepare(&mut c, "ns/2/extract", t1, via_proxy(1))
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", serve.log()));
+        assert_eq!(
+            m[0].r#type, "overlay",
+            "the normal extraction mounts: {m:?}"
+        );
+        assert!(!proxy.blob_gets().is_empty());
+        assert_eq!(stat(&mut c, t2).await.unwrap_err(), Code::NotFound);
+        assert!(!layer_dir(&root, t2).exists());
+        let log = serve.log();
+        assert!(
+            log.contains("remote fast path failed") && log.contains("digest"),
+            "{log}"
+        );
+        remove(&mut c, "ns/2/extract").await;
+
+        // The registry heals: the same Prepare now takes the fast path.
+        proxy.set_mode(ProxyMode::Pass);
+        let e = prepare(&mut c, "ns/3/extract", t1, via_proxy(1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists, "{}", serve.log());
+        assert!(layer_dir(&root, t2).join("srv/data.bin").is_file());
+    });
+    assert_fsck_clean(&root);
+    assert!(serve.alive(), "{}", serve.log());
+}
