@@ -201,13 +201,20 @@ fn layer_dir(root: &Path, chain: &str) -> PathBuf {
         .join(chain.trim_start_matches("sha256:"))
 }
 
-/// How many layers the daemon fetched bytes for (its log lines).
-fn fetches_with_bytes(serve: &Serve) -> usize {
+/// How many layers the daemon fetched through the fast path (its log
+/// lines); with `bytes`, only those whose blob it downloaded then (not
+/// prefetched before).
+fn fetches(serve: &Serve, bytes: bool) -> usize {
     serve
         .log()
         .lines()
-        .filter(|l| l.contains("layer fetched by lamina") && !l.contains("fetched=0"))
+        .filter(|l| l.contains("layer fetched by lamina") && !(bytes && l.contains("fetched=0")))
         .count()
+}
+
+fn blob_path(root: &Path, digest: &str) -> PathBuf {
+    root.join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
 }
 
 fn lamina(root: &Path, env_dir: &Path, args: &[&str]) -> String {
@@ -268,6 +275,20 @@ fn labelled_prepares_fetch_the_layers_and_lamina_pull_reuses_them() {
             "the active key is not kept"
         );
         assert!(layer_dir(&root, t1).join("usr/bin/tool").is_file());
+        // Layer 2's blob is prefetched meanwhile, before containerd asks.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !blob_path(&root, &img.blobs[1]).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "layer 2's blob was prefetched\n{}",
+                serve.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(
+            !layer_dir(&root, t2).exists(),
+            "only downloaded, not unpacked"
+        );
         // What containerd's metadata layer looks for after AlreadyExists.
         let found = names(&mut c, vec![format!(r#"labels."{REF}"=={t1},parent=="""#)]).await;
         assert_eq!(found, vec![t1.clone()]);
@@ -280,7 +301,13 @@ fn labelled_prepares_fetch_the_layers_and_lamina_pull_reuses_them() {
         let info = stat(&mut c, t2).await.unwrap();
         assert_eq!((info.kind, info.parent.as_str()), (3, t1.as_str()));
         assert!(layer_dir(&root, t2).join("srv/data.bin").is_file());
-        assert_eq!(fetches_with_bytes(&serve), 2, "{}", serve.log());
+        assert_eq!(fetches(&serve, false), 2, "{}", serve.log());
+        assert_eq!(
+            fetches(&serve, true),
+            1,
+            "layer 2 was prefetched\n{}",
+            serve.log()
+        );
 
         // A container over both: its mount shows the files of both layers.
         let m = prepare(&mut c, "ns/3/box", t2, HashMap::new())
@@ -337,7 +364,7 @@ fn labelled_prepares_fetch_the_layers_and_lamina_pull_reuses_them() {
             .unwrap_err();
         assert_eq!(e.code(), Code::AlreadyExists);
     });
-    assert_eq!(fetches_with_bytes(&serve), 2, "{}", serve.log());
+    assert_eq!(fetches(&serve, false), 2, "{}", serve.log());
     assert!(serve.alive(), "{}", serve.log());
 }
 
@@ -363,7 +390,7 @@ fn a_pulled_image_serves_labelled_prepares_without_a_fetch() {
             assert_eq!((info.kind, info.parent.as_str()), (3, parent));
         }
     });
-    assert_eq!(fetches_with_bytes(&serve), 0, "{}", serve.log());
+    assert_eq!(fetches(&serve, false), 0, "{}", serve.log());
     assert_eq!(
         std::fs::metadata(layer_dir(&root, &img.chains[1]).join("srv/data.bin"))
             .unwrap()
@@ -487,7 +514,7 @@ fn concurrent_prepares_of_one_layer_fetch_it_once() {
         out
     });
     assert_eq!(results, vec![Code::AlreadyExists; 4], "{}", serve.log());
-    assert_eq!(fetches_with_bytes(&serve), 1, "{}", serve.log());
+    assert_eq!(fetches(&serve, true), 1, "{}", serve.log());
     rt().block_on(async {
         let mut c = snapshots_client(&socket).await.unwrap();
         // One under the chain id, the others under their keys, all found by

@@ -11,7 +11,7 @@
 //! | `containerd.io/snapshot/cri.image-ref` | the image reference, `host/repo:tag` |
 //! | `containerd.io/snapshot/cri.manifest-digest` | the platform's image manifest |
 //! | `containerd.io/snapshot/cri.layer-digest` | the compressed layer blob |
-//! | `containerd.io/snapshot/cri.image-layers` | this and the following layer digests, comma-separated (unused) |
+//! | `containerd.io/snapshot/cri.image-layers` | this and the following layer digests, comma-separated (lamina reads the manifest instead) |
 //!
 //! When the target layer is not in the store yet, [`Fetcher::fetch`] reads
 //! the manifest (by digest) and the config from the registry of the image
@@ -21,7 +21,15 @@
 //! ingest and unpack ([`crate::transfer::pull::fetch_layer`]): verified
 //! digest, resumable, crash-safe, the same `layers/<chain>` dir `lamina pull`
 //! uses, never unpacked twice (the store's per-chain lock; here also one fetch
-//! per target at a time). The snapshotter then registers the committed
+//! per target at a time). Meanwhile the blobs of the image's next layers
+//! (those whose layer is not in the store) are downloaded in the background
+//! ([`crate::transfer::pull::fetch_blob`], at most [`PREFETCH`] at once):
+//! containerd prepares layers one after another, and this keeps the
+//! downloads parallel as `lamina pull`'s are; when containerd asks for such a
+//! layer only its unpack is left (a Prepare that comes while its blob is
+//! still downloading waits on the store's ingest lock, never downloads it
+//! twice). A failed prefetch is only logged: the layer's own Prepare fetches
+//! it again or falls back. The snapshotter then registers the committed
 //! snapshot and answers AlreadyExists, so containerd neither fetches nor
 //! applies the layer.
 //!
@@ -32,7 +40,7 @@
 //! pull`'s (loopback registries over plain HTTP, credentials from lamina's
 //! or docker's auth file).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail, ensure};
@@ -52,6 +60,9 @@ pub const LABEL_LAYER: &str = "containerd.io/snapshot/cri.layer-digest";
 /// How many images' manifests and diff ids are remembered: CRI prepares an
 /// image's layers one after another.
 const CACHED_IMAGES: usize = 16;
+
+/// Blob prefetches running at once (across images).
+pub const PREFETCH: usize = 4;
 
 /// What a labelled Prepare asks lamina to fetch.
 #[derive(Debug, Clone)]
@@ -108,6 +119,9 @@ pub struct Fetcher {
     /// One fetch per target chain id at a time; a second Prepare of the same
     /// layer waits and then finds it in the store.
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Blobs being prefetched (by digest), and the limit on how many at once.
+    prefetching: Arc<Mutex<HashSet<String>>>,
+    prefetch_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Fetcher {
@@ -119,6 +133,8 @@ impl Fetcher {
             client: transfer::client(false)?,
             images: Mutex::new(VecDeque::new()),
             inflight: Mutex::new(HashMap::new()),
+            prefetching: Arc::new(Mutex::new(HashSet::new())),
+            prefetch_slots: Arc::new(tokio::sync::Semaphore::new(PREFETCH)),
         })
     }
 
@@ -177,6 +193,7 @@ impl Fetcher {
             LABEL_TARGET,
             req.target
         );
+        self.prefetch_above(req, &image, idx, &chain);
         let (info, fetched) = transfer::pull::fetch_layer(
             self.store.clone(),
             &self.client,
@@ -201,6 +218,62 @@ impl Fetcher {
             "layer fetched by lamina (remote fast path)"
         );
         Ok(info)
+    }
+
+    /// Starts background downloads of the blobs of the layers above
+    /// `idx` (whose chain, going up from `chain`, is not in the store).
+    fn prefetch_above(
+        &self,
+        req: &Request,
+        image: &ImageLayers,
+        idx: usize,
+        chain: &lamina_store::Digest,
+    ) {
+        let mut chain = chain.clone();
+        for (desc, diff) in image.layers.iter().zip(&image.diff_ids).skip(idx + 1) {
+            chain = lamina_store::chain_id(Some(&chain), diff);
+            let present = self.store.layer_dir(&chain).is_dir()
+                || matches!(
+                    self.store.content().info(&transfer::store_digest(&desc.digest)),
+                    Ok(Some(size)) if size == desc.size
+                );
+            if present
+                || !self
+                    .prefetching
+                    .lock()
+                    .unwrap()
+                    .insert(desc.digest.to_string())
+            {
+                continue;
+            }
+            let (store, client, r, desc) = (
+                self.store.clone(),
+                self.client.clone(),
+                req.image.clone(),
+                desc.clone(),
+            );
+            let (slots, prefetching) = (self.prefetch_slots.clone(), self.prefetching.clone());
+            tokio::spawn(async move {
+                let result = match slots.acquire().await {
+                    Ok(_slot) => transfer::pull::fetch_blob(store, &client, &r, &desc).await,
+                    Err(e) => Err(e.into()),
+                };
+                match result {
+                    Ok(fetched) => tracing::info!(
+                        blob = %desc.digest,
+                        image = %r,
+                        fetched,
+                        "layer blob prefetched (remote fast path)"
+                    ),
+                    Err(e) => tracing::warn!(
+                        blob = %desc.digest,
+                        image = %r,
+                        "prefetching a layer blob failed (its own Prepare tries again): {e:#}"
+                    ),
+                }
+                prefetching.lock().unwrap().remove(desc.digest.as_str());
+            });
+        }
     }
 
     /// The manifest's layers and the config's diff ids, from the cache or

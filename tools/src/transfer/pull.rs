@@ -472,6 +472,35 @@ pub async fn fetch_layer(
     Ok((info, fetched.load(std::sync::atomic::Ordering::SeqCst)))
 }
 
+/// Downloads the blob `layer` of repository `r` into the store's content (no
+/// unpack) the way [`pull`] does: resumable ingest, digest verified before
+/// the commit; nothing when it is there already. Prints nothing. The
+/// snapshotter's fast path prefetches an image's next layers with it.
+/// Returns the bytes fetched.
+pub async fn fetch_blob(
+    store: Arc<Store>,
+    client: &Client,
+    r: &Reference,
+    layer: &lamina_registry::Descriptor,
+) -> anyhow::Result<u64> {
+    let fetched = std::sync::atomic::AtomicU64::new(0);
+    if store.content().info(&store_digest(&layer.digest))? != Some(layer.size) {
+        download(
+            client,
+            &store,
+            r,
+            &layer.digest,
+            layer.size,
+            0,
+            None,
+            &Progress::quiet(1),
+            &fetched,
+        )
+        .await?;
+    }
+    Ok(fetched.load(std::sync::atomic::Ordering::SeqCst))
+}
+
 enum Msg {
     Chunk(Bytes),
     /// End of the stream: `Ok(blob url)` exactly `size` bytes arrived
