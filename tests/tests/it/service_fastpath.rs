@@ -22,10 +22,9 @@ const LAYER: &str = "containerd.io/snapshot/cri.layer-digest";
 const LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
 const BOGUS: &str = "sha256:4444444444444444444444444444444444444444444444444444444444444444";
 
-/// A two-layer image in a loopback registry, as CRI's puller sees it.
+/// An image in a loopback registry, as CRI's puller sees it.
 struct Image {
-    placed: Placed,
-    /// `HOST/fast/app:v1`.
+    /// `HOST/REPO:TAG`.
     name: String,
     manifest: String,
     /// Layer blob digests, bottom first.
@@ -35,8 +34,10 @@ struct Image {
 }
 
 impl Image {
-    /// `None` (after saying why) when the registry or umoci/skopeo is missing.
-    fn place() -> Option<Image> {
+    /// A two-layer image in a fresh registry (kept running by the
+    /// [`Placed`]); `None` (after saying why) when the registry or
+    /// umoci/skopeo is missing.
+    fn place() -> Option<(Placed, Image)> {
         for tool in ["umoci", "skopeo"] {
             if !lamina_tests::registry::have(tool) {
                 eprintln!("SKIPPED: needs `{tool}` on PATH (install it; CI has it)");
@@ -61,7 +62,13 @@ impl Image {
             .unwrap();
             layout
         })?;
-        let name = placed.name.clone();
+        let img = Image::describe(&placed.name);
+        Some((placed, img))
+    }
+
+    /// What the registry serves for `name`.
+    fn describe(name: &str) -> Image {
+        let name = name.to_owned();
         // What the registry serves (skopeo may have rewritten the manifest).
         let (manifest, blobs, diff_ids) = lamina_tests::registry::runtime().block_on(async {
             let client = Client::new(ClientOptions::default()).unwrap();
@@ -82,7 +89,6 @@ impl Image {
             let blobs: Vec<String> = m.layers.iter().map(|l| l.digest.to_string()).collect();
             (m.digest.to_string(), blobs, diff_ids)
         });
-        assert_eq!(blobs.len(), 2);
         let mut chains: Vec<String> = vec![];
         let mut parent: Option<lamina_store::Digest> = None;
         for d in &diff_ids {
@@ -91,13 +97,12 @@ impl Image {
             chains.push(c.to_string());
             parent = Some(c);
         }
-        Some(Image {
-            placed,
+        Image {
             name,
             manifest,
             blobs,
             chains,
-        })
+        }
     }
 
     /// The labels CRI puts on the Prepare of layer `i`.
@@ -248,7 +253,9 @@ fn labelled_prepares_fetch_the_layers_and_lamina_pull_reuses_them() {
         eprintln!("SKIPPED: needs root and /dev/fuse");
         return;
     }
-    let Some(img) = Image::place() else { return };
+    let Some((_placed, img)) = Image::place() else {
+        return;
+    };
     let (tmp, root, mut serve) = serve("lamina-fast-ok-", &[]);
     let [t1, t2] = [&img.chains[0], &img.chains[1]];
     rt().block_on(async {
@@ -370,7 +377,9 @@ fn labelled_prepares_fetch_the_layers_and_lamina_pull_reuses_them() {
 
 #[test]
 fn a_pulled_image_serves_labelled_prepares_without_a_fetch() {
-    let Some(img) = Image::place() else { return };
+    let Some((_placed, img)) = Image::place() else {
+        return;
+    };
     let (tmp, root, mut serve) = serve("lamina-fast-pulled-", &[]);
     let out = lamina(&root, tmp.path(), &["pull", &img.name]);
     assert!(out.contains("unpacked"), "{out}");
@@ -403,7 +412,9 @@ fn a_pulled_image_serves_labelled_prepares_without_a_fetch() {
 
 #[test]
 fn failed_fetches_fall_back_to_a_normal_prepare_and_register_nothing() {
-    let Some(img) = Image::place() else { return };
+    let Some((placed, img)) = Image::place() else {
+        return;
+    };
     let (_tmp, root, mut serve) = serve("lamina-fast-fail-", &[]);
     let t1 = img.chains[0].clone();
     let with = |i: usize, k: &str, v: &str| {
@@ -436,7 +447,7 @@ fn failed_fetches_fall_back_to_a_normal_prepare_and_register_nothing() {
         (
             "unknown repository",
             "",
-            with(0, IMAGE_REF, &format!("{}/no/such:v1", img.placed.reg.host)),
+            with(0, IMAGE_REF, &format!("{}/no/such:v1", placed.reg.host)),
             t1.as_str(),
         ),
         (
@@ -491,7 +502,9 @@ fn failed_fetches_fall_back_to_a_normal_prepare_and_register_nothing() {
 
 #[test]
 fn concurrent_prepares_of_one_layer_fetch_it_once() {
-    let Some(img) = Image::place() else { return };
+    let Some((_placed, img)) = Image::place() else {
+        return;
+    };
     let (_tmp, root, mut serve) = serve("lamina-fast-race-", &[]);
     let socket = serve.snapshotter_socket.clone();
     let results: Vec<Code> = rt().block_on(async {
@@ -533,7 +546,9 @@ fn concurrent_prepares_of_one_layer_fetch_it_once() {
 
 #[test]
 fn no_fetch_layers_turns_the_fast_path_off() {
-    let Some(img) = Image::place() else { return };
+    let Some((_placed, img)) = Image::place() else {
+        return;
+    };
     let (_tmp, root, mut serve) = serve("lamina-fast-off-", &["--no-fetch-layers"]);
     rt().block_on(async {
         let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
@@ -553,11 +568,13 @@ fn no_fetch_layers_turns_the_fast_path_off() {
 #[test]
 fn a_corrupt_blob_falls_back_and_leaves_the_store_clean() {
     use lamina_tests::registry::{Proxy, ProxyMode};
-    let Some(img) = Image::place() else { return };
+    let Some((placed, img)) = Image::place() else {
+        return;
+    };
     // Layer 2 (300 kB of noise) comes through a proxy that flips a gzip
     // header byte: same diff id, wrong blob digest. Layer 1 is too small to
     // be touched.
-    let proxy = Proxy::start(&img.placed.reg.host, ProxyMode::Corrupt);
+    let proxy = Proxy::start(&placed.reg.host, ProxyMode::Corrupt);
     let via_proxy = |i: usize| {
         let mut l = img.labels(i);
         l.insert(IMAGE_REF.to_owned(), format!("{}/fast/app:v1", proxy.host));
@@ -597,5 +614,95 @@ fn a_corrupt_blob_falls_back_and_leaves_the_store_clean() {
         assert!(layer_dir(&root, t2).join("srv/data.bin").is_file());
     });
     assert_fsck_clean(&root);
+    assert!(serve.alive(), "{}", serve.log());
+}
+
+#[test]
+fn containerd_takes_fetched_layers_through_its_own_snapshots_api() {
+    use lamina_tests::service::{Containerd, LAYER2_CONTENT, LAYER2_FILE, runnable_images};
+    lamina_tests::require_tools!("umoci", "skopeo", "containerd", "ctr", "runc");
+    let Some(served) = runnable_images("lamina-fast-ctd-", &["lamina/fast:v1"]) else {
+        return;
+    };
+    let image = served.images[0].clone();
+    let img = Image::describe(&image);
+    let (_tmp, root, mut serve) = serve("lamina-fast-ctd-", &[]);
+    let Some(ctd) = Containerd::start(&serve.snapshotter_socket) else {
+        return;
+    };
+    // CRI's puller, through containerd's own snapshots service: its metadata
+    // layer passes the labels on, takes AlreadyExists, and finds the
+    // committed snapshot by label and parent. Under a lease, as a pull is,
+    // so containerd's GC keeps the snapshots until the image refers to them.
+    ctd.ctr_ok(&["leases", "create", "--id", "fastpull"])
+        .unwrap();
+    rt().block_on(async {
+        let mut c = snapshots_client(&ctd.address).await.unwrap();
+        for i in 0..img.chains.len() {
+            let parent = if i == 0 {
+                ""
+            } else {
+                img.chains[i - 1].as_str()
+            };
+            let mut req = containerd_snapshots::tonic::Request::new(api::PrepareSnapshotRequest {
+                snapshotter: "lamina".into(),
+                key: format!("extract-{i} {}", img.chains[i]),
+                parent: parent.into(),
+                labels: img.labels(i),
+            });
+            req.metadata_mut()
+                .insert("containerd-namespace", ctd.namespace.parse().unwrap());
+            req.metadata_mut()
+                .insert("containerd-lease", "fastpull".parse().unwrap());
+            let e = c.prepare(req).await.unwrap_err();
+            assert_eq!(
+                e.code(),
+                Code::AlreadyExists,
+                "{e:?}\n{}\n{}",
+                serve.log(),
+                ctd.log()
+            );
+        }
+    });
+    let listed = ctd
+        .ctr_ok(&["snapshots", "--snapshotter", "lamina", "ls"])
+        .unwrap();
+    for chain in &img.chains {
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.starts_with(chain.as_str()) && l.trim_end().ends_with("Committed")),
+            "{chain} is a committed snapshot in containerd: {listed}"
+        );
+        assert!(layer_dir(&root, chain).is_dir());
+    }
+    // `ctr images pull` then finds the image's chain and applies nothing;
+    // the container runs on the layers lamina fetched.
+    ctd.ctr_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "lamina",
+        &image,
+    ])
+    .unwrap();
+    ctd.ctr_ok(&["leases", "delete", "fastpull"]).unwrap();
+    let out = ctd
+        .run(
+            &["--rm"],
+            &image,
+            "fast1",
+            &["/bin/cat", &format!("/{LAYER2_FILE}")],
+        )
+        .unwrap();
+    assert_eq!(out, LAYER2_CONTENT);
+    let log = serve.log();
+    assert!(log.contains(r#"op="prepare""#), "{log}");
+    assert!(
+        !log.contains(r#"op="commit""#),
+        "containerd committed no extraction of its own: {log}"
+    );
+    assert_eq!(fetches(&serve, false), img.chains.len(), "{log}");
     assert!(serve.alive(), "{}", serve.log());
 }
