@@ -324,3 +324,60 @@ impl Fetcher {
         Ok(img)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn requests_need_all_four_labels_and_valid_values() {
+        let full = [
+            (LABEL_TARGET, D1),
+            (LABEL_IMAGE_REF, "127.0.0.1:5000/bench/python:latest"),
+            (LABEL_MANIFEST, D2),
+            (LABEL_LAYER, D3),
+        ];
+        let req = Request::from_labels(&labels(&full)).unwrap().unwrap();
+        assert_eq!(req.image.registry(), "127.0.0.1:5000");
+        assert_eq!(req.image.repository(), "bench/python");
+        assert_eq!(
+            (
+                req.target.as_str(),
+                req.manifest.as_str(),
+                req.layer.as_str()
+            ),
+            (D1, D2, D3)
+        );
+        for missing in 0..full.len() {
+            let mut l = labels(&full);
+            l.remove(full[missing].0);
+            assert!(
+                Request::from_labels(&l).is_none(),
+                "without {}",
+                full[missing].0
+            );
+        }
+        for (bad, value) in [
+            (LABEL_TARGET, "sha256:abc"),
+            (LABEL_IMAGE_REF, "Not A Ref!"),
+            (LABEL_MANIFEST, "md5:00"),
+            (LABEL_LAYER, ""),
+        ] {
+            let mut l = labels(&full);
+            l.insert(bad.to_owned(), value.to_owned());
+            let e = Request::from_labels(&l).unwrap().unwrap_err();
+            assert!(format!("{e:#}").contains(bad), "{e:#}");
+        }
+    }
+}

@@ -934,6 +934,62 @@ mod tests {
     }
 
     #[test]
+    fn fetched_layers_register_under_the_target_name_once() {
+        const CHAIN2: &str =
+            "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+        let tmp = tempfile::tempdir().unwrap();
+        let s = open(tmp.path());
+        let labels = HashMap::from([(LABEL_TARGET.to_owned(), CHAIN.to_owned())]);
+        // No layer dir (collected meanwhile): nothing registered.
+        assert_eq!(
+            s.commit_fetched_layer("k1", "", &labels, CHAIN).unwrap(),
+            None
+        );
+        assert!(s.list().unwrap().is_empty());
+        std::fs::create_dir(s.layer_dir(CHAIN)).unwrap();
+        assert_eq!(
+            s.commit_fetched_layer("k1", "", &labels, CHAIN)
+                .unwrap()
+                .as_deref(),
+            Some(CHAIN)
+        );
+        let r = s.stat(CHAIN).unwrap();
+        assert_eq!(
+            (r.kind, r.chain_id.as_deref()),
+            (Kind::Committed, Some(CHAIN))
+        );
+        assert!(matches!(s.stat("k1"), Err(Error::NotFound(_))));
+        // A second Prepare of the same layer: the name is taken, its key is used.
+        assert_eq!(
+            s.commit_fetched_layer("k2", "", &labels, CHAIN)
+                .unwrap()
+                .as_deref(),
+            Some("k2")
+        );
+        // The parent must be a committed lamina layer.
+        s.create("plain", "", Kind::Active, HashMap::new()).unwrap();
+        s.commit("plain-c", "plain", HashMap::new()).unwrap();
+        std::fs::create_dir(s.layer_dir(CHAIN2)).unwrap();
+        assert!(matches!(
+            s.commit_fetched_layer("k3", "plain-c", &labels, CHAIN2),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            s.commit_fetched_layer("k3", "nope", &labels, CHAIN2),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(s.parent_chain(CHAIN).unwrap().as_deref(), Some(CHAIN));
+        assert_eq!(s.parent_chain("").unwrap(), None);
+        assert_eq!(
+            s.commit_fetched_layer("k3", CHAIN, &labels, CHAIN2)
+                .unwrap()
+                .as_deref(),
+            Some(CHAIN2)
+        );
+        assert_eq!(s.stat(CHAIN2).unwrap().parent.as_deref(), Some(CHAIN));
+    }
+
+    #[test]
     fn ctr_extraction_key_format_names_the_chain() {
         let tmp = tempfile::tempdir().unwrap();
         let s = open(tmp.path());
