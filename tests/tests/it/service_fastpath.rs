@@ -363,15 +363,28 @@ fn labelled_prepares_fetch_the_layers_and_lamina_pull_reuses_them() {
     );
     assert_fsck_clean(&root);
 
-    // Another namespace now: the layers are there, nothing is fetched again.
+    // After a restart the fetched snapshots are still there; another
+    // namespace finds the layers without fetching them again.
+    serve.restart().unwrap();
     rt().block_on(async {
         let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
+        assert_eq!(stat(&mut c, t2).await.unwrap().kind, 3);
         let e = prepare(&mut c, "ns2/1/extract-1", "", img.labels(0))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::AlreadyExists);
+        let m = prepare(&mut c, "ns2/2/box", t2, HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(Path::new(&m[0].source).join("etc/motd")).unwrap(),
+            "layer two\n"
+        );
+        remove(&mut c, "ns2/2/box").await;
     });
-    assert_eq!(fetches(&serve, false), 2, "{}", serve.log());
+    // The log starts afresh with the restart.
+    assert_eq!(fetches(&serve, false), 0, "{}", serve.log());
+    assert!(serve.log().contains("prepare key=\"ns2/1/extract-1\""));
     assert!(serve.alive(), "{}", serve.log());
 }
 
