@@ -8,7 +8,7 @@
 use containerd_snapshots::api::snapshots::v1 as api;
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::tonic::Code;
-use lamina_registry::{Client, ClientOptions, Reference};
+use lamina_registry::{Client, ClientOptions, CredentialSources, Credentials, Reference};
 use lamina_tests::registry::{Auth, Placed, Registry, build_image, free_port, random_bytes};
 use lamina_tests::service::{Serve, SnapshotsClient, snapshots_client};
 use std::collections::HashMap;
@@ -38,13 +38,18 @@ impl Image {
     /// [`Placed`]); `None` (after saying why) when the registry or
     /// umoci/skopeo is missing.
     fn place() -> Option<(Placed, Image)> {
+        Self::place_with(Auth::Anonymous, None)
+    }
+
+    /// [`Image::place`] in a registry with `auth`, read with `creds`.
+    fn place_with(auth: Auth, creds: Option<&Credentials>) -> Option<(Placed, Image)> {
         for tool in ["umoci", "skopeo"] {
             if !lamina_tests::registry::have(tool) {
                 eprintln!("SKIPPED: needs `{tool}` on PATH (install it; CI has it)");
                 return None;
             }
         }
-        let placed = Registry::with_image(Auth::Anonymous, "fast/app:v1", |dir| {
+        let placed = Registry::with_image(auth, "fast/app:v1", |dir| {
             let layout = dir.join("oci");
             let noise = random_bytes(300_000);
             build_image(
@@ -62,17 +67,24 @@ impl Image {
             .unwrap();
             layout
         })?;
-        let img = Image::describe(&placed.name);
+        let img = Image::describe(&placed.name, creds);
         Some((placed, img))
     }
 
     /// What the registry serves for `name`.
-    fn describe(name: &str) -> Image {
+    fn describe(name: &str, creds: Option<&Credentials>) -> Image {
         let name = name.to_owned();
         // What the registry serves (skopeo may have rewritten the manifest).
         let (manifest, blobs, diff_ids) = lamina_tests::registry::runtime().block_on(async {
-            let client = Client::new(ClientOptions::default()).unwrap();
             let r = Reference::parse(&name).unwrap();
+            let mut opts = ClientOptions {
+                credentials: CredentialSources::none(),
+                ..ClientOptions::default()
+            };
+            if let Some(c) = creds {
+                opts.credentials.explicit = vec![(r.registry().to_owned(), c.clone())];
+            }
+            let client = Client::new(opts).unwrap();
             let m = client.manifest(&r).await.unwrap();
             let config = m.config.clone().unwrap();
             let bytes = client
@@ -638,7 +650,7 @@ fn containerd_takes_fetched_layers_through_its_own_snapshots_api() {
         return;
     };
     let image = served.images[0].clone();
-    let img = Image::describe(&image);
+    let img = Image::describe(&image, None);
     let (_tmp, root, mut serve) = serve("lamina-fast-ctd-", &[]);
     let Some(ctd) = Containerd::start(&serve.snapshotter_socket) else {
         return;
@@ -717,5 +729,53 @@ fn containerd_takes_fetched_layers_through_its_own_snapshots_api() {
         "containerd committed no extraction of its own: {log}"
     );
     assert_eq!(fetches(&serve, false), img.chains.len(), "{log}");
+    assert!(serve.alive(), "{}", serve.log());
+}
+
+#[test]
+fn a_private_registry_takes_the_daemons_own_credentials() {
+    let creds = Credentials {
+        username: "fast".into(),
+        password: "s3cret".into(),
+    };
+    let Some((placed, img)) = Image::place_with(Auth::htpasswd("fast", "s3cret"), Some(&creds))
+    else {
+        return;
+    };
+    let (tmp, root, mut serve) = serve("lamina-fast-auth-", &[]);
+    rt().block_on(async {
+        let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
+        // No credentials yet: refused by the registry, the normal Prepare.
+        let m = prepare(&mut c, "ns/1/extract", "", img.labels(0))
+            .await
+            .unwrap();
+        assert_eq!(m[0].r#type, "bind");
+        let log = serve.log();
+        assert!(
+            log.contains("remote fast path failed") && log.contains("401"),
+            "{log}"
+        );
+        assert_eq!(
+            stat(&mut c, &img.chains[0]).await.unwrap_err(),
+            Code::NotFound
+        );
+        remove(&mut c, "ns/1/extract").await;
+
+        // The daemon's auth file (what `lamina login` writes): the fast path.
+        lamina_registry::credentials::store(
+            &tmp.path().join("auth.json"),
+            &placed.reg.host,
+            &creds,
+        )
+        .unwrap();
+        let e = prepare(&mut c, "ns/2/extract", "", img.labels(0))
+            .await
+            .map(|m| panic!("{m:?}\n{}", serve.log()))
+            .unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists, "{}", serve.log());
+        assert_eq!(stat(&mut c, &img.chains[0]).await.unwrap().kind, 3);
+    });
+    assert!(layer_dir(&root, &img.chains[0]).is_dir());
+    assert_fsck_clean(&root);
     assert!(serve.alive(), "{}", serve.log());
 }

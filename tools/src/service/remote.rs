@@ -113,7 +113,10 @@ struct ImageLayers {
 /// Fetches labelled layers into lamina's store.
 pub struct Fetcher {
     store: Arc<Store>,
-    client: Client,
+    /// `lamina pull`'s client. It remembers credentials per registry, so it
+    /// is replaced after a failed fetch: credentials added after a refusal
+    /// (`lamina login`) are read by the next Prepare.
+    client: Mutex<Client>,
     /// Recently used images, by `registry/repo@manifest`, newest last.
     images: Mutex<VecDeque<(String, Arc<ImageLayers>)>>,
     /// One fetch per target chain id at a time; a second Prepare of the same
@@ -130,7 +133,7 @@ impl Fetcher {
     pub fn new(store: Arc<Store>) -> anyhow::Result<Self> {
         Ok(Fetcher {
             store,
-            client: transfer::client(false)?,
+            client: Mutex::new(transfer::client(false)?),
             images: Mutex::new(VecDeque::new()),
             inflight: Mutex::new(HashMap::new()),
             prefetching: Arc::new(Mutex::new(HashSet::new())),
@@ -158,6 +161,12 @@ impl Fetcher {
             let _one = slot.lock().await;
             self.fetch_locked(req, parent).await
         };
+        if result.is_err() {
+            match transfer::client(false) {
+                Ok(fresh) => *self.client.lock().unwrap() = fresh,
+                Err(e) => tracing::warn!("cannot make a fresh registry client: {e:#}"),
+            }
+        }
         drop(slot);
         let mut inflight = self.inflight.lock().unwrap();
         if inflight
@@ -167,6 +176,11 @@ impl Fetcher {
             inflight.remove(req.target.as_str());
         }
         result
+    }
+
+    /// The current registry client (a cheap handle).
+    fn client(&self) -> Client {
+        self.client.lock().unwrap().clone()
     }
 
     async fn fetch_locked(
@@ -196,7 +210,7 @@ impl Fetcher {
         self.prefetch_above(req, &image, idx, &chain);
         let (info, fetched) = transfer::pull::fetch_layer(
             self.store.clone(),
-            &self.client,
+            &self.client(),
             &req.image,
             &image.layers[idx],
             diff_id,
@@ -248,7 +262,7 @@ impl Fetcher {
             }
             let (store, client, r, desc) = (
                 self.store.clone(),
-                self.client.clone(),
+                self.client(),
                 req.image.clone(),
                 desc.clone(),
             );
@@ -285,7 +299,7 @@ impl Fetcher {
         }
         let at = req.image.with_digest(req.manifest.clone());
         let manifest = self
-            .client
+            .client()
             .manifest(&at)
             .await
             .with_context(|| format!("fetching manifest {} of {}", req.manifest, req.image))?;
@@ -299,7 +313,7 @@ impl Fetcher {
             .clone()
             .context("the image manifest has no config")?;
         let bytes = self
-            .client
+            .client()
             .blob_bytes(&at, &config.digest, config.size, transfer::pull::MAX_CONFIG)
             .await
             .with_context(|| format!("fetching config {} of {}", config.digest, req.image))?;
