@@ -779,3 +779,48 @@ fn a_private_registry_takes_the_daemons_own_credentials() {
     assert_fsck_clean(&root);
     assert!(serve.alive(), "{}", serve.log());
 }
+
+#[test]
+fn a_blob_missing_from_the_registry_falls_back() {
+    let Some((placed, img)) = Image::place() else {
+        return;
+    };
+    // The registry lists layer 2 in the manifest but lost its data.
+    let hex = img.blobs[1].trim_start_matches("sha256:");
+    let data = placed
+        .reg
+        .dir
+        .path()
+        .join("data/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    std::fs::remove_file(&data).unwrap();
+    let (_tmp, root, mut serve) = serve("lamina-fast-noblob-", &[]);
+    let [t1, t2] = [&img.chains[0], &img.chains[1]];
+    rt().block_on(async {
+        let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
+        let e = prepare(&mut c, "ns/1/extract", "", img.labels(0))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists, "{}", serve.log());
+        let m = prepare(&mut c, "ns/2/extract", t1, img.labels(1))
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", serve.log()));
+        assert_eq!(
+            m[0].r#type, "overlay",
+            "the normal extraction mounts: {m:?}"
+        );
+        assert_eq!(stat(&mut c, t2).await.unwrap_err(), Code::NotFound);
+        let log = serve.log();
+        assert!(
+            log.contains("remote fast path failed") && log.contains("404"),
+            "{log}"
+        );
+        remove(&mut c, "ns/2/extract").await;
+    });
+    assert!(!layer_dir(&root, t2).exists());
+    assert!(!blob_path(&root, &img.blobs[1]).exists());
+    assert_fsck_clean(&root);
+    assert!(serve.alive(), "{}", serve.log());
+}
