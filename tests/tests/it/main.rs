@@ -13,6 +13,7 @@ mod overlay_podman;
 mod overlay_programs;
 mod overlay_stress;
 mod overlay_uring;
+mod overlay_whiteouts;
 mod registry_client;
 mod registry_errors;
 mod registry_pull;
