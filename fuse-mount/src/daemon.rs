@@ -17,6 +17,11 @@ use std::process::{Child, Command, Stdio};
 /// The line a server prints on stdout once its mount is ready.
 pub const READY: &str = "lamina-mount-ready";
 
+/// Set (to any value) in a `lamina-overlayfs` server's environment by
+/// whoever starts it with [`spawn_and_wait`]: the process is then the
+/// background server itself, not a launcher that starts one.
+pub const SERVER_ENV: &str = "LAMINA_OVERLAYFS_SERVER";
+
 /// Starts `cmd` and waits until it reports readiness; returns the running
 /// child. On failure the error carries what the child printed on stderr.
 pub fn spawn_and_wait(mut cmd: Command) -> std::io::Result<Child> {

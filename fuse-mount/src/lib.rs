@@ -79,9 +79,11 @@ pub struct Mounted {
 }
 
 /// Mounts the overlay at `mountpoint` and starts serving it. Returns once
-/// the kernel has completed the FUSE handshake, so the mount is visible, and,
-/// with io_uring, once its queues are registered (so every request after
-/// this uses them). `fsname` shows as the mount source.
+/// the kernel has completed the FUSE handshake, so the mount is visible and
+/// served. With [`Uring::On`] it also waits until the io_uring queues are
+/// registered (so every request after this uses them); with [`Uring::Auto`]
+/// the queues take over a few milliseconds later. `fsname` shows as the
+/// mount source.
 pub fn mount(config: OverlayConfig, mountpoint: &Path, fsname: &str) -> Result<Mounted> {
     prepare_process();
     let read_only = config.upper.is_none();
@@ -132,22 +134,29 @@ pub fn mount(config: OverlayConfig, mountpoint: &Path, fsname: &str) -> Result<M
     };
     let background = session.spawn().map_err(serve_err)?;
     if let Some(rx) = registered {
-        // The server thread answers as soon as the queues are registered (or not).
-        let res = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                Err(std::io::Error::other(
-                    "the FUSE io_uring queues were not registered within 30 s",
-                ))
-            });
-        match res {
-            Ok(()) => tracing::debug!("{}: serving over FUSE io_uring", mountpoint.display()),
+        // The session registers the queues once its /dev/fuse readers run,
+        // which serve whatever comes first. `uring=on` waits for the queues
+        // (and fails without them); `auto` returns at once, as registering
+        // takes 3-5 ms and the mount is already usable.
+        let path = mountpoint.to_path_buf();
+        let outcome = move |res: std::io::Result<()>| match res {
+            Ok(()) => tracing::debug!("{}: serving over FUSE io_uring", path.display()),
+            Err(e) => tracing::warn!("{}: {e}; serving through /dev/fuse instead", path.display()),
+        };
+        let wait = move || {
+            rx.recv_timeout(std::time::Duration::from_secs(30))
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::other(
+                        "the FUSE io_uring queues were not registered within 30 s",
+                    ))
+                })
+        };
+        if uring == Uring::On {
             // Dropping the background session unmounts the fresh mount.
-            Err(e) if uring == Uring::On => return Err(serve_err(e)),
-            Err(e) => tracing::warn!(
-                "{}: {e}; serving through /dev/fuse instead",
-                mountpoint.display()
-            ),
+            wait().map_err(serve_err)?;
+            outcome(Ok(()));
+        } else {
+            std::thread::spawn(move || outcome(wait()));
         }
     }
     Ok(Mounted {

@@ -23,7 +23,6 @@ mod logging;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const CHILD_ENV: &str = "LAMINA_OVERLAYFS_SERVER";
 const LOG_ENV: &str = "LAMINA_OVERLAYFS_LOG";
 
 struct Opts {
@@ -225,7 +224,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let background = std::env::var_os(CHILD_ENV).is_some();
+    let background = std::env::var_os(daemon::SERVER_ENV).is_some();
     if opts.foreground || background {
         if background {
             daemon::detach();
@@ -240,7 +239,7 @@ fn main() -> ExitCode {
     }
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("lamina-overlayfs"));
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(&args).env(CHILD_ENV, "1");
+    cmd.args(&args).env(daemon::SERVER_ENV, "1");
     match daemon::spawn_and_wait(cmd) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

@@ -142,29 +142,38 @@ impl Mounter {
             options += &format!(",upperdir={},workdir={}", escape(upper), escape(work));
         }
         let start = Instant::now();
-        let out = std::process::Command::new(&self.program)
-            .arg("-o")
+        // The server itself, not its launcher (one exec less): it detaches
+        // into its own session and reports readiness on stdout.
+        let mut cmd = std::process::Command::new(&self.program);
+        cmd.arg("-o")
             .arg(&options)
             .arg("lamina")
             .arg(merged)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot run {}: {e} (install lamina-overlayfs next to lamina)",
-                        self.program.display()
-                    ),
+            .env(lamina_fuse::daemon::SERVER_ENV, "1");
+        let mut server = lamina_fuse::daemon::spawn_and_wait(cmd).map_err(|e| {
+            let what = if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "cannot run {}: {e} (install lamina-overlayfs next to lamina)",
+                    self.program.display()
                 )
-            })?;
-        if !out.status.success() {
-            return Err(std::io::Error::other(format!(
-                "{} failed to mount {}: {}",
-                self.program.display(),
-                merged.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            } else {
+                format!(
+                    "{} failed to mount {}: {e}",
+                    self.program.display(),
+                    merged.display()
+                )
+            };
+            std::io::Error::new(e.kind(), what)
+        })?;
+        // Reaped when it exits (at unmount), so no zombie stays behind.
+        let reaper = std::thread::Builder::new()
+            .name("fuse-server-reaper".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let _ = server.wait();
+            });
+        if let Err(e) = reaper {
+            tracing::warn!("cannot start a thread to reap the FUSE server: {e}");
         }
         tracing::debug!(
             merged = %merged.display(),

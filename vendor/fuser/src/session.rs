@@ -287,30 +287,10 @@ impl<FS: Filesystem> Session<FS> {
 
         let mut filesystem = Arc::new(filesystem);
 
-        // LAMINA PATCH (io_uring): one pinned queue thread per possible CPU,
-        // registered before the /dev/fuse readers start (requests wait in the
-        // kernel meanwhile); the /dev/fuse readers stay for FORGET, INTERRUPT
-        // and whatever comes before the ring is ready.
+        // LAMINA PATCH (io_uring): the queues get their own handle of the
+        // channel; they start after the /dev/fuse readers (below).
         #[cfg(target_os = "linux")]
-        let uring_threads = match uring {
-            Some(params) => {
-                let (threads, err) =
-                    crate::uring::start_queues(params, &ch, &filesystem, allowed, session_owner);
-                if let Some(tx) = uring_ready {
-                    let _ = tx.send(match &err {
-                        Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                        None => Ok(()),
-                    });
-                }
-                match err {
-                    Some(e) if config.io_uring == crate::UringMode::Required => return Err(e),
-                    Some(e) => warn!("{e}; serving through /dev/fuse"),
-                    None => {}
-                }
-                threads
-            }
-            None => Vec::new(),
-        };
+        let uring_ch = uring.map(|_| ch.clone());
 
         let mut channels = Vec::with_capacity(n_threads);
 
@@ -348,6 +328,39 @@ impl<FS: Filesystem> Session<FS> {
                     .spawn(move || event_loop.event_loop())?,
             );
         }
+
+        // LAMINA PATCH (io_uring): one pinned queue thread per possible CPU,
+        // started once the /dev/fuse readers run: requests that come before
+        // the queues are registered are served through /dev/fuse (the kernel
+        // switches to the rings when every queue is ready), so a mount is
+        // usable without waiting for the registration. The readers stay for
+        // FORGET, INTERRUPT and notifications. The outcome goes to
+        // `uring_ready`; a failure is logged here and, with
+        // `UringMode::Required`, is for the caller to act on (unmount).
+        #[cfg(target_os = "linux")]
+        let uring_threads = match (uring, uring_ch) {
+            (Some(params), Some(uring_ch)) => {
+                let (queues, err) = crate::uring::start_queues(
+                    params,
+                    &uring_ch,
+                    &filesystem,
+                    allowed,
+                    session_owner,
+                );
+                drop(uring_ch);
+                if let Some(tx) = uring_ready {
+                    let _ = tx.send(match &err {
+                        Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        None => Ok(()),
+                    });
+                }
+                if let Some(e) = err {
+                    warn!("{e}; serving through /dev/fuse");
+                }
+                queues
+            }
+            _ => Vec::new(),
+        };
 
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
