@@ -20,6 +20,7 @@
 //!   name (data, owner, mode, xattrs, times) and renamed into place.
 
 use crate::layer::{self, DirIndex, Entry, State};
+use crate::reaper::{Reaper, TMP_PREFIX};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{
     self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat, Timespec,
@@ -163,6 +164,8 @@ pub struct OverlayFs {
     shared_whiteouts: AtomicBool,
     /// Whether this process made the shared whiteout inode yet.
     shared_whiteout_made: Mutex<bool>,
+    /// Deletes removed directories from the work dir in the background.
+    reaper: Option<Reaper>,
     fd_queue: Mutex<std::collections::VecDeque<u64>>,
     fd_budget: usize,
     euid: u32,
@@ -246,6 +249,15 @@ impl OverlayFs {
             ));
         }
         let has_upper = config.upper.is_some();
+        let reaper = work.as_ref().and_then(|w| match Reaper::start(w) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(
+                    "no background deletes in the work dir ({e}): removals wait for them"
+                );
+                None
+            }
+        });
         let root_fd = layers[0].clone();
         let st = rfs::fstat(&*root_fd).map_err(|e| crate::Error::Io {
             path: config.lowers.first().cloned().unwrap_or_default(),
@@ -265,6 +277,7 @@ impl OverlayFs {
             pid: std::process::id(),
             shared_whiteouts: AtomicBool::new(true),
             shared_whiteout_made: Mutex::new(false),
+            reaper,
             fd_queue: Mutex::new(Default::default()),
             fd_budget: fd_budget(),
             euid: rustix::process::geteuid().as_raw(),
@@ -716,7 +729,7 @@ impl OverlayFs {
 
     fn tmp_name(&self) -> String {
         format!(
-            "#lamina-{}-{}",
+            "{TMP_PREFIX}{}-{}",
             self.pid,
             self.tmp_seq.fetch_add(1, Ordering::Relaxed)
         )
@@ -1194,27 +1207,80 @@ impl OverlayFs {
         rfs::mknodat(dirfd, name, FileType::CharacterDevice, Mode::empty(), 0)
     }
 
-    /// Removes the whiteouts an upper dir may hold so that it can be removed.
-    fn clear_whiteouts(dir: &OwnedFd) -> OpResult<()> {
+    /// The whiteouts an upper dir holds; `NOTEMPTY` if it holds anything else.
+    fn only_whiteouts(dir: &OwnedFd) -> OpResult<Vec<OsString>> {
         let (list, _) = layer::read_layer_dir(dir)?;
+        list.into_iter()
+            .map(|(name, raw)| match raw {
+                layer::Raw::Whiteout => Ok(name),
+                _ => Err(Errno::NOTEMPTY),
+            })
+            .collect()
+    }
+
+    /// Removes the whiteouts an upper dir holds so that it can be removed
+    /// (nothing if it holds anything else: `NOTEMPTY`).
+    fn clear_whiteouts(dir: &OwnedFd) -> OpResult<()> {
+        let whiteouts = Self::only_whiteouts(dir)?;
         let fd = rfs::openat(
             dir,
             ".",
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        for (name, raw) in list {
-            if raw == layer::Raw::Whiteout {
-                let _ = rfs::unlinkat(&fd, &name, AtFlags::empty());
-                let mut marker = OsString::from(layer::WHITEOUT_PREFIX);
-                marker.push(&name);
-                let _ = rfs::unlinkat(&fd, &marker, AtFlags::empty());
-            } else {
-                return Err(Errno::NOTEMPTY);
-            }
+        for name in whiteouts {
+            let _ = rfs::unlinkat(&fd, &name, AtFlags::empty());
+            let mut marker = OsString::from(layer::WHITEOUT_PREFIX);
+            marker.push(&name);
+            let _ = rfs::unlinkat(&fd, &marker, AtFlags::empty());
         }
         let _ = rfs::unlinkat(&fd, layer::OPAQUE_MARKER, AtFlags::empty());
         Ok(())
+    }
+
+    /// Removes the upper dir `name` in `dirfd`, empty in the merged view (it
+    /// holds whiteouts at most), leaving a whiteout in its place if it
+    /// `hides_lower`. The dir is renamed into the work dir and deleted there
+    /// in the background (see [`crate::reaper`]); without a reaper its
+    /// whiteouts and then it are deleted now.
+    fn remove_upper_dir(
+        &self,
+        dirfd: &OwnedFd,
+        name: &OsStr,
+        child: &Node,
+        hides_lower: bool,
+    ) -> OpResult<()> {
+        let child_fd = self.node_fd(child)?.0;
+        let Some(reaper) = &self.reaper else {
+            Self::clear_whiteouts(&child_fd)?;
+            return if hides_lower {
+                self.whiteout(dirfd, name, Some(true))
+            } else {
+                rfs::unlinkat(dirfd, name, AtFlags::REMOVEDIR)
+            };
+        };
+        Self::only_whiteouts(&child_fd)?;
+        let work = self.work.as_ref().ok_or(Errno::ROFS)?;
+        let tmp = self.tmp_name();
+        if hides_lower {
+            // The whiteout and the dir swap places: the name never goes missing.
+            self.new_whiteout(work, OsStr::new(&tmp))?;
+            if let Err(e) = rfs::renameat_with(work, &tmp, dirfd, name, RenameFlags::EXCHANGE) {
+                let _ = rfs::unlinkat(work, &tmp, AtFlags::empty());
+                return Err(e);
+            }
+        } else {
+            rfs::renameat_with(dirfd, name, work, &tmp, RenameFlags::NOREPLACE)?;
+        }
+        reaper.delete_later(tmp.into());
+        Ok(())
+    }
+
+    /// At the end of the session: finishes the background deletes.
+    pub fn finish(&self) {
+        if let Some(r) = &self.reaper {
+            r.finish();
+        }
     }
 
     /// The identity of an upper file about to lose a name (taken before the
@@ -1268,25 +1334,14 @@ impl OverlayFs {
         self.copy_up(&p, false)?;
         let dirfd = self.node_fd(&p)?.0;
         let before = self.upper_identity(&child);
-        if layer == 0 {
-            if is_dir {
-                Self::clear_whiteouts(&self.node_fd(&child)?.0)?;
-            }
-            if e.lower_positive {
-                self.whiteout(&dirfd, name, Some(is_dir))?;
-            } else {
-                rfs::unlinkat(
-                    &*dirfd,
-                    name,
-                    if is_dir {
-                        AtFlags::REMOVEDIR
-                    } else {
-                        AtFlags::empty()
-                    },
-                )?;
-            }
-        } else {
+        if layer != 0 {
             self.whiteout(&dirfd, name, None)?;
+        } else if is_dir {
+            self.remove_upper_dir(&dirfd, name, &child, e.lower_positive)?;
+        } else if e.lower_positive {
+            self.whiteout(&dirfd, name, Some(false))?;
+        } else {
+            rfs::unlinkat(&*dirfd, name, AtFlags::empty())?;
         }
         self.forget_identity(before, kind);
         self.update_index(&p, |ix| {

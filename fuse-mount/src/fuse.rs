@@ -178,6 +178,10 @@ impl Fuse {
 }
 
 impl Filesystem for Fuse {
+    fn destroy(&mut self) {
+        self.fs.finish();
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS,

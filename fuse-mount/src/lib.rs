@@ -37,6 +37,7 @@ pub mod error;
 mod fs;
 mod fuse;
 pub mod layer;
+mod reaper;
 
 pub use error::{Error, Result};
 pub use fs::{OverlayConfig, OverlayFs};

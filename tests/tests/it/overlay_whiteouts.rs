@@ -1,7 +1,9 @@
 //! Whiteouts are hard links to one shared whiteout inode in the work dir,
 //! as kernel overlayfs makes them: a removal costs a link, not an inode.
 //! The upper dir stays readable by kernel overlayfs, and a shared inode
-//! left in the work dir by someone else is never trusted.
+//! left in the work dir by someone else is never trusted. Removed dirs are
+//! deleted from the work dir in the background, and what a dead server left
+//! there is deleted by the next mount.
 
 use anyhow::{Result, ensure};
 use lamina_tests::overlay::{KernelMount, LaminaMount, fuse_available, kernel_overlay_available};
@@ -28,6 +30,23 @@ fn whiteout(path: &Path) -> Result<std::fs::Metadata> {
         m.rdev()
     );
     Ok(m)
+}
+
+/// Waits (up to 10 s: the server finishes its deletes as it exits) until
+/// the work dir holds exactly `expected`.
+fn wait_for_work_dir(work: &Path, expected: &[&str]) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = names(work)?;
+        if now == expected {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "work dir holds {now:?}, expected {expected:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -68,13 +87,21 @@ fn whiteouts_share_one_inode_and_stay_readable_by_kernel_overlayfs() -> Result<(
     // d went (their links were removed with it).
     assert_eq!(shared.nlink(), 4);
 
+    // The removed dir went into the work dir and was deleted in the
+    // background: nothing but the shared whiteout is left there.
+    wait_for_work_dir(&work, &["#lamina-whiteout"])?;
+
     // A second mount makes its own shared inode (the old one stays linked
-    // from the upper dir) and keeps working.
+    // from the upper dir) and keeps working. It also deletes what a server
+    // that is gone left in the work dir (pid 0 is never a process).
+    std::fs::create_dir_all(work.join("#lamina-0-5/sub"))?;
+    std::fs::write(work.join("#lamina-0-6"), "half a copy-up")?;
     {
         let m = LaminaMount::mount(&lowers, Some((&upper, &work)), &tmp.path().join("mnt"))?;
         std::fs::remove_file(m.dir.join("c"))?;
         assert_eq!(names(&m.dir)?, Vec::<String>::new());
     }
+    wait_for_work_dir(&work, &["#lamina-whiteout"])?;
     let c = whiteout(&upper.join("c"))?;
     ensure!(
         c.ino() != a.ino(),
