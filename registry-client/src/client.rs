@@ -7,16 +7,46 @@
 //!
 //! Plain HTTP is used only for loopback registries, or for others when
 //! `insecure` is set (then HTTPS without certificate checks is tried first).
+//!
+//! # Credentials in a long-lived client
+//!
+//! A client may live as long as a daemon (`lamina serve`), so the credential
+//! lookup it caches per registry is not trusted forever. The policy:
+//!
+//! - **Changed files.** Each use of a cached lookup stats the credential
+//!   files of [`CredentialSources`] (device, inode, size, mtime; no read).
+//!   If any differs from when the lookup was made, the sources are read
+//!   again. `lamina login` (and docker) replace the file by a rename, so a
+//!   login is seen by the very next request.
+//! - **Age.** A lookup older than [`ClientOptions::credentials_ttl`] is read
+//!   again: this covers credential helpers, which have no file to stat, and
+//!   in-place edits that keep size and mtime.
+//! - **Refusal.** When the registry refuses with 401 or 403 (a request, the
+//!   token endpoint, or [`Client::check_login`]'s authenticated ping), the
+//!   sources are read again at once, whatever the cache says, and the
+//!   request is retried once: with the new credentials when they differ;
+//!   for a 401 also with the same ones (a fresh token, maybe with the scope
+//!   the challenge named). A second refusal is the caller's error.
+//! - **Tokens follow credentials.** Every lookup that returns different
+//!   credentials than the cached ones starts a new credential *generation*
+//!   for that registry; bearer tokens remember the generation they were
+//!   fetched with and are dropped (and never used) once it is not current,
+//!   so no request goes out with a token of credentials that were replaced
+//!   or removed.
+//!
+//! The registry's scheme and challenge (`GET /v2/`) and connections are
+//! kept for the client's life. Credentials are never logged nor put in an
+//! [`Error`].
 
 use crate::auth::{Challenge, Token};
-use crate::credentials::{CredentialSources, Credentials};
+use crate::credentials::{CredentialSources, Credentials, SourcesStamp};
 use crate::error::{Error, Result};
 use crate::reference::{api_host, is_loopback_host};
 use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Tunables of a [`Client`].
 #[derive(Clone, Debug)]
@@ -44,6 +74,10 @@ pub struct ClientOptions {
     pub chunk_size: u64,
     /// `User-Agent`.
     pub user_agent: String,
+    /// Longest time a credential lookup is reused without reading the
+    /// sources again, even when their files look unchanged (see the module
+    /// docs for the whole policy).
+    pub credentials_ttl: Duration,
 }
 
 impl Default for ClientOptions {
@@ -60,6 +94,7 @@ impl Default for ClientOptions {
             max_manifest_size: 4 << 20,
             chunk_size: 64 << 20,
             user_agent: concat!("lamina/", env!("CARGO_PKG_VERSION")).to_string(),
+            credentials_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -77,8 +112,28 @@ struct Inner {
     http_insecure: Option<reqwest::Client>,
     opts: ClientOptions,
     registries: tokio::sync::Mutex<HashMap<String, RegistryState>>,
-    tokens: Mutex<HashMap<(String, String), Token>>,
-    creds: Mutex<HashMap<String, Option<Credentials>>>,
+    /// Bearer tokens by (registry, scopes), with the credential generation
+    /// they were fetched with.
+    tokens: Mutex<HashMap<(String, String), (u64, Token)>>,
+    creds: Mutex<HashMap<String, CachedCredentials>>,
+}
+
+/// A registry's credential lookup as the client caches it.
+struct CachedCredentials {
+    creds: Option<Credentials>,
+    /// When the sources were read.
+    read_at: Instant,
+    /// The sources' files just before they were read.
+    stamp: SourcesStamp,
+    /// Bumped whenever a lookup returns other credentials than `creds`.
+    generation: u64,
+}
+
+/// The credentials a request uses, and their generation.
+#[derive(Clone)]
+struct CurrentCredentials {
+    creds: Option<Credentials>,
+    generation: u64,
 }
 
 /// A registry client. Cheap to clone; clones share connections and tokens.
@@ -139,17 +194,63 @@ impl Client {
         }
     }
 
-    fn credentials(&self, registry: &str) -> Result<Option<Credentials>> {
-        if let Some(c) = self.inner.creds.lock().expect("creds lock").get(registry) {
-            return Ok(c.clone());
+    /// The credentials for `registry`: the cached lookup while it is young
+    /// and its files are unchanged, else a fresh one (see the module docs).
+    fn credentials(&self, registry: &str) -> Result<CurrentCredentials> {
+        self.lookup_credentials(registry, false)
+    }
+
+    /// Reads the credential sources for `registry` again, whatever the
+    /// cache says (after a refusal).
+    fn reread_credentials(&self, registry: &str) -> Result<CurrentCredentials> {
+        self.lookup_credentials(registry, true)
+    }
+
+    fn lookup_credentials(&self, registry: &str, force: bool) -> Result<CurrentCredentials> {
+        let sources = &self.inner.opts.credentials;
+        // Stamp before reading: a change in between is seen next time.
+        let stamp = sources.stamp();
+        if !force
+            && let Some(c) = self.inner.creds.lock().expect("creds lock").get(registry)
+            && c.stamp == stamp
+            && c.read_at.elapsed() < self.inner.opts.credentials_ttl
+        {
+            return Ok(CurrentCredentials {
+                creds: c.creds.clone(),
+                generation: c.generation,
+            });
         }
-        let c = self.inner.opts.credentials.lookup(registry)?;
-        self.inner
-            .creds
-            .lock()
-            .expect("creds lock")
-            .insert(registry.to_string(), c.clone());
-        Ok(c)
+        let read_at = Instant::now();
+        let creds = sources.lookup(registry)?;
+        let mut map = self.inner.creds.lock().expect("creds lock");
+        let entry = map
+            .entry(registry.to_string())
+            .or_insert_with(|| CachedCredentials {
+                creds: creds.clone(),
+                read_at,
+                stamp: stamp.clone(),
+                generation: 0,
+            });
+        if entry.creds != creds {
+            entry.generation += 1;
+            entry.creds = creds;
+            tracing::debug!(
+                registry,
+                generation = entry.generation,
+                "credentials changed; dropping the registry's tokens"
+            );
+            self.inner
+                .tokens
+                .lock()
+                .expect("tokens lock")
+                .retain(|(r, _), _| r != registry);
+        }
+        entry.read_at = read_at;
+        entry.stamp = stamp;
+        Ok(CurrentCredentials {
+            creds: entry.creds.clone(),
+            generation: entry.generation,
+        })
     }
 
     /// Checks that the registry answers the v2 API and that the credentials
@@ -165,16 +266,30 @@ impl Client {
                 Ok(())
             }
             Some(_) => {
-                let creds = self.credentials(registry)?;
-                let mut req = self.http_for(registry).get(&url);
-                if let Some(c) = &creds {
-                    req = req.header(AUTHORIZATION, c.basic_header());
+                let mut current = self.credentials(registry)?;
+                let mut retried = false;
+                loop {
+                    let mut req = self.http_for(registry).get(&url);
+                    if let Some(c) = &current.creds {
+                        let mut v = HeaderValue::from_str(&c.basic_header())
+                            .expect("base64 is a valid header");
+                        v.set_sensitive(true);
+                        req = req.header(AUTHORIZATION, v);
+                    }
+                    let resp = req
+                        .send()
+                        .await
+                        .map_err(|e| transport(&url, e, self.inner.opts.read_timeout, ""))?;
+                    if refused(resp.status()) && !retried {
+                        retried = true;
+                        let fresh = self.reread_credentials(registry)?;
+                        if fresh.generation != current.generation {
+                            current = fresh;
+                            continue;
+                        }
+                    }
+                    return check(resp, registry, "registry").await.map(drop);
                 }
-                let resp = req
-                    .send()
-                    .await
-                    .map_err(|e| transport(&url, e, self.inner.opts.read_timeout, ""))?;
-                check(resp, registry, "registry").await.map(drop)
             }
         }
     }
@@ -274,8 +389,10 @@ impl Client {
     }
 
     /// Sends a request to a registry with auth for `scope`, retrying on
-    /// 429/5xx/connection failures and re-authenticating once on 401.
-    /// Returns the response whatever its final status; see [`check`].
+    /// 429/5xx/connection failures, and once after a refusal: on 401 it
+    /// re-reads the credentials and re-authenticates (a fresh token); on 403
+    /// it retries only when the credentials read again differ from those
+    /// used. Returns the response whatever its final status; see [`check`].
     pub(crate) async fn send(
         &self,
         scope: &Scope,
@@ -288,7 +405,7 @@ impl Client {
         let mut challenge = state.challenge.clone();
         let mut reauthed = false;
         loop {
-            let auth = self
+            let (auth, generation) = self
                 .auth_header(registry, challenge.as_ref(), &scope.scopes)
                 .await?;
             let build = || {
@@ -299,50 +416,68 @@ impl Client {
                 customise(req)
             };
             let resp = self.send_retrying(build, url).await?;
-            if resp.status() == StatusCode::UNAUTHORIZED && !reauthed {
-                reauthed = true;
-                if let Some(c) = resp
-                    .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(Challenge::parse)
-                {
-                    let mut scopes = scope.scopes.clone();
-                    if let Some(s) = c.params.get("scope")
-                        && !scopes.contains(s)
-                    {
-                        scopes.push(s.clone());
-                    }
-                    // Drop the cached token and fetch a new one for the scopes asked for.
-                    self.inner
-                        .tokens
-                        .lock()
-                        .expect("tokens lock")
-                        .remove(&(registry.to_string(), scope.scopes.join(" ")));
-                    if c.is_bearer() {
-                        let token = self.fetch_token(registry, &c, &scopes).await?;
-                        self.inner
-                            .tokens
-                            .lock()
-                            .expect("tokens lock")
-                            .insert((registry.to_string(), scope.scopes.join(" ")), token);
-                    }
-                    challenge = Some(c);
+            if !refused(resp.status()) || reauthed {
+                return Ok(resp);
+            }
+            reauthed = true;
+            // The registry refused: read the credentials again; a change
+            // also retires the tokens fetched with the old ones.
+            let fresh = self.reread_credentials(registry)?;
+            let changed = generation.is_some_and(|g| g != fresh.generation);
+            if resp.status() == StatusCode::FORBIDDEN {
+                if changed {
+                    tracing::debug!(url, "403 with credentials that changed since; retrying");
                     continue;
                 }
+                return Ok(resp);
             }
-            return Ok(resp);
+            let Some(c) = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Challenge::parse)
+            else {
+                if changed {
+                    continue;
+                }
+                return Ok(resp);
+            };
+            let mut scopes = scope.scopes.clone();
+            if let Some(s) = c.params.get("scope")
+                && !scopes.contains(s)
+            {
+                scopes.push(s.clone());
+            }
+            // Drop the cached token and fetch a new one for the scopes asked for.
+            let key = (registry.to_string(), scope.scopes.join(" "));
+            self.inner.tokens.lock().expect("tokens lock").remove(&key);
+            if c.is_bearer() {
+                let token = self.fetch_token(registry, &c, &scopes).await?;
+                self.inner
+                    .tokens
+                    .lock()
+                    .expect("tokens lock")
+                    .insert(key, token);
+            }
+            challenge = Some(c);
         }
     }
 
+    /// The `Authorization` value for a request, and the credential
+    /// generation it was made from (`None` when no credentials were
+    /// consulted: no challenge, or a scheme lamina does not speak).
     async fn auth_header(
         &self,
         registry: &str,
         challenge: Option<&Challenge>,
         scopes: &[String],
-    ) -> Result<Option<HeaderValue>> {
-        let Some(ch) = challenge else { return Ok(None) };
-        let value = if ch.is_bearer() {
+    ) -> Result<(Option<HeaderValue>, Option<u64>)> {
+        let Some(ch) = challenge else {
+            return Ok((None, None));
+        };
+        let (value, generation) = if ch.is_bearer() {
+            // Looked up first so that a change retires the cached tokens.
+            let current = self.credentials(registry)?;
             let key = (registry.to_string(), scopes.join(" "));
             let cached = self
                 .inner
@@ -350,9 +485,9 @@ impl Client {
                 .lock()
                 .expect("tokens lock")
                 .get(&key)
-                .filter(|t| t.fresh())
+                .filter(|(g, t)| *g == current.generation && t.fresh())
                 .cloned();
-            let token = match cached {
+            let (generation, token) = match cached {
                 Some(t) => t,
                 None => {
                     let t = self.fetch_token(registry, ch, scopes).await?;
@@ -364,14 +499,15 @@ impl Client {
                     t
                 }
             };
-            format!("Bearer {}", token.value)
+            (format!("Bearer {}", token.value), generation)
         } else if ch.scheme == "basic" {
-            match self.credentials(registry)? {
-                Some(c) => c.basic_header(),
-                None => return Ok(None),
+            let current = self.credentials(registry)?;
+            match &current.creds {
+                Some(c) => (c.basic_header(), current.generation),
+                None => return Ok((None, Some(current.generation))),
             }
         } else {
-            return Ok(None);
+            return Ok((None, None));
         };
         let mut v = HeaderValue::from_str(&value).map_err(|_| Error::Token {
             url: ch.params.get("realm").cloned().unwrap_or_default(),
@@ -379,14 +515,48 @@ impl Client {
             reason: "token is not a valid header value".into(),
         })?;
         v.set_sensitive(true);
-        Ok(Some(v))
+        Ok((Some(v), Some(generation)))
     }
 
+    /// A token for `scopes` with the current credentials, and their
+    /// generation. When the token endpoint refuses, the credentials are read
+    /// again and, if they changed, asked for once more.
     async fn fetch_token(
         &self,
         registry: &str,
         ch: &Challenge,
         scopes: &[String],
+    ) -> Result<(u64, Token)> {
+        let current = self.credentials(registry)?;
+        let refusal = match self
+            .request_token(registry, ch, scopes, current.creds.as_ref())
+            .await
+        {
+            Ok(token) => return Ok((current.generation, token)),
+            Err(e @ Error::Unauthorized { .. }) => e,
+            Err(e) => return Err(e),
+        };
+        let fresh = self.reread_credentials(registry)?;
+        if fresh.generation == current.generation {
+            return Err(refusal);
+        }
+        tracing::debug!(
+            registry,
+            "token refused; retrying with the credentials read again"
+        );
+        let token = self
+            .request_token(registry, ch, scopes, fresh.creds.as_ref())
+            .await?;
+        Ok((fresh.generation, token))
+    }
+
+    /// One token request to the challenge's realm, with `creds` if any.
+    async fn request_token(
+        &self,
+        registry: &str,
+        ch: &Challenge,
+        scopes: &[String],
+        creds: Option<&Credentials>,
     ) -> Result<Token> {
         let realm = ch.params.get("realm").cloned().unwrap_or_default();
         let mut url = reqwest::Url::parse(&realm).map_err(|e| Error::Token {
@@ -404,7 +574,6 @@ impl Client {
             }
         }
         let url_s = url.to_string();
-        let creds = self.credentials(registry)?;
         let timeout = self.inner.opts.token_timeout;
         let build = || {
             let mut req = self.http_for(registry).get(url.clone()).timeout(timeout);
@@ -481,6 +650,11 @@ impl Client {
             })?;
         Ok(Token::new(value, t.expires_in))
     }
+}
+
+/// 401 or 403: the registry refused the request's credentials (or their absence).
+fn refused(s: StatusCode) -> bool {
+    s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN
 }
 
 fn retryable_status(s: StatusCode) -> bool {
@@ -643,4 +817,113 @@ pub(crate) async fn check(resp: Response, registry: &str, what: &str) -> Result<
             message,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::store;
+
+    fn client(file: &std::path::Path, ttl: Duration) -> Client {
+        Client::new(ClientOptions {
+            credentials: CredentialSources {
+                lamina_file: Some(file.to_path_buf()),
+                ..CredentialSources::none()
+            },
+            credentials_ttl: ttl,
+            ..ClientOptions::default()
+        })
+        .unwrap()
+    }
+
+    fn creds(password: &str) -> Credentials {
+        Credentials {
+            username: "u".into(),
+            password: password.into(),
+        }
+    }
+
+    fn token_count(c: &Client) -> usize {
+        c.inner.tokens.lock().unwrap().len()
+    }
+
+    #[test]
+    fn a_replaced_file_is_read_again_and_retires_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("auth.json");
+        let c = client(&file, Duration::from_secs(3600));
+        let first = c.credentials("r:1").unwrap();
+        assert_eq!((first.creds, first.generation), (None, 0));
+
+        store(&file, "r:1", &creds("one")).unwrap();
+        let second = c.credentials("r:1").unwrap();
+        assert_eq!(second.creds, Some(creds("one")));
+        assert_eq!(second.generation, 1);
+        // Unchanged file: the cached lookup, same generation.
+        assert_eq!(c.credentials("r:1").unwrap().generation, 1);
+
+        for reg in ["r:1", "other:2"] {
+            c.inner.tokens.lock().unwrap().insert(
+                (reg.into(), "repository:a:pull".into()),
+                (1, Token::new("t".into(), None)),
+            );
+        }
+        store(&file, "r:1", &creds("two")).unwrap();
+        let third = c.credentials("r:1").unwrap();
+        assert_eq!((third.creds, third.generation), (Some(creds("two")), 2));
+        // Only the registry whose credentials changed loses its tokens.
+        assert_eq!(token_count(&c), 1);
+        assert!(
+            c.inner
+                .tokens
+                .lock()
+                .unwrap()
+                .keys()
+                .all(|(r, _)| r == "other:2")
+        );
+
+        // Another registry's entry changing does not touch r:1.
+        store(&file, "other:2", &creds("x")).unwrap();
+        assert_eq!(c.credentials("r:1").unwrap().generation, 2);
+    }
+
+    /// Rewrites `file` in place, password `from` becoming `to`, keeping its inode,
+    /// size and mtime: invisible to the stamp.
+    fn edit_unseen(file: &std::path::Path, from: &str, to: &str) {
+        let mtime = std::fs::metadata(file).unwrap().modified().unwrap();
+        let text = std::fs::read_to_string(file).unwrap();
+        let fixed = text.replace(
+            creds(from).basic_header().trim_start_matches("Basic "),
+            creds(to).basic_header().trim_start_matches("Basic "),
+        );
+        assert_ne!(text, fixed);
+        let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+        std::io::Write::write_all(&mut &f, fixed.as_bytes()).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+
+    #[test]
+    fn an_unseen_edit_is_read_after_the_ttl_or_when_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("auth.json");
+        store(&file, "r:1", &creds("pw-1")).unwrap();
+
+        let long = client(&file, Duration::from_secs(3600));
+        let zero = client(&file, Duration::ZERO);
+        assert_eq!(long.credentials("r:1").unwrap().creds, Some(creds("pw-1")));
+        assert_eq!(zero.credentials("r:1").unwrap().creds, Some(creds("pw-1")));
+        let stamp = long.options().credentials.stamp();
+        edit_unseen(&file, "pw-1", "pw-2");
+        assert_eq!(long.options().credentials.stamp(), stamp);
+
+        // Young cache, same stamp: trusted.
+        assert_eq!(long.credentials("r:1").unwrap().creds, Some(creds("pw-1")));
+        // Expired: read again.
+        let z = zero.credentials("r:1").unwrap();
+        assert_eq!((z.creds, z.generation), (Some(creds("pw-2")), 1));
+        // A refusal forces the read.
+        let l = long.reread_credentials("r:1").unwrap();
+        assert_eq!((l.creds, l.generation), (Some(creds("pw-2")), 1));
+        assert_eq!(long.credentials("r:1").unwrap().generation, 1);
+    }
 }

@@ -13,6 +13,11 @@
 //!
 //! Docker Hub is stored under `https://index.docker.io/v1/` as docker does;
 //! keys are matched after stripping a scheme and a path.
+//!
+//! A lookup reads the files every time; a [`crate::Client`] caches it per
+//! registry and uses [`CredentialSources::stamp`] (one `stat` per file) to
+//! notice that a file was written since (see the client's module docs for
+//! when it reads again).
 
 use crate::error::{Error, Result};
 use crate::reference::DOCKER_HUB;
@@ -120,6 +125,26 @@ impl CredentialSources {
         Self::default()
     }
 
+    /// What the credential files look like now, without reading them:
+    /// device, inode, size and mtime of each (or its absence). Two equal
+    /// stamps mean the files were very likely not written in between; a
+    /// file replaced by a rename (as `lamina login` and docker write them)
+    /// always changes it. Credential helpers have no stamp.
+    pub fn stamp(&self) -> SourcesStamp {
+        use std::os::unix::fs::MetadataExt as _;
+        let file = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| FileStamp {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                    size: m.size(),
+                    mtime: (m.mtime(), m.mtime_nsec()),
+                })
+        };
+        SourcesStamp([file(&self.lamina_file), file(&self.docker_config)])
+    }
+
     /// Credentials for `registry` (as in a reference: `docker.io`,
     /// `localhost:5000`), or `None` for anonymous access.
     pub fn lookup(&self, registry: &str) -> Result<Option<Credentials>> {
@@ -156,6 +181,18 @@ impl CredentialSources {
         }
         Ok(None)
     }
+}
+
+/// The state of a [`CredentialSources`]' files; see [`CredentialSources::stamp`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourcesStamp([Option<FileStamp>; 2]);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
 }
 
 fn read_config(path: &Path) -> Result<Option<Map<String, Value>>> {

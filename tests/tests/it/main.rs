@@ -15,6 +15,7 @@ mod overlay_stress;
 mod overlay_uring;
 mod overlay_whiteouts;
 mod registry_client;
+mod registry_creds;
 mod registry_errors;
 mod registry_pull;
 mod registry_pull_parallel;

@@ -113,10 +113,10 @@ struct ImageLayers {
 /// Fetches labelled layers into lamina's store.
 pub struct Fetcher {
     store: Arc<Store>,
-    /// `lamina pull`'s client. It remembers credentials per registry, so it
-    /// is replaced after a failed fetch: credentials added after a refusal
-    /// (`lamina login`) are read by the next Prepare.
-    client: Mutex<Client>,
+    /// `lamina pull`'s client, kept for the daemon's life (connections and
+    /// tokens). It notices credentials written later (`lamina login`, an
+    /// edited auth file) by itself, at the latest when the registry refuses.
+    client: Client,
     /// Recently used images, by `registry/repo@manifest`, newest last.
     images: Mutex<VecDeque<(String, Arc<ImageLayers>)>>,
     /// One fetch per target chain id at a time; a second Prepare of the same
@@ -133,7 +133,7 @@ impl Fetcher {
     pub fn new(store: Arc<Store>) -> anyhow::Result<Self> {
         Ok(Fetcher {
             store,
-            client: Mutex::new(transfer::client(false)?),
+            client: transfer::client(false)?,
             images: Mutex::new(VecDeque::new()),
             inflight: Mutex::new(HashMap::new()),
             prefetching: Arc::new(Mutex::new(HashSet::new())),
@@ -161,12 +161,6 @@ impl Fetcher {
             let _one = slot.lock().await;
             self.fetch_locked(req, parent).await
         };
-        if result.is_err() {
-            match transfer::client(false) {
-                Ok(fresh) => *self.client.lock().unwrap() = fresh,
-                Err(e) => tracing::warn!("cannot make a fresh registry client: {e:#}"),
-            }
-        }
         drop(slot);
         let mut inflight = self.inflight.lock().unwrap();
         if inflight
@@ -178,9 +172,9 @@ impl Fetcher {
         result
     }
 
-    /// The current registry client (a cheap handle).
+    /// The registry client (a cheap handle).
     fn client(&self) -> Client {
-        self.client.lock().unwrap().clone()
+        self.client.clone()
     }
 
     async fn fetch_locked(
