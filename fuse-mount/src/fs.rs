@@ -91,17 +91,12 @@ pub(crate) struct Backing {
     pub(crate) layer: usize,
 }
 
-/// An open file or directory.
-pub(crate) enum Handle {
-    File {
-        file: File,
-        node: Arc<Node>,
-        _backing: Option<Arc<Backing>>,
-    },
-    Dir {
-        node: Arc<Node>,
-        entries: Vec<(OsString, FileType)>,
-    },
+/// An open file (directories are opened by the kernel alone: see
+/// `opendir` in fuse.rs).
+pub(crate) struct Handle {
+    pub(crate) file: File,
+    pub(crate) node: Arc<Node>,
+    pub(crate) _backing: Option<Arc<Backing>>,
 }
 
 /// What opening a file gives: the fd and whether a backing can be shared.
@@ -448,7 +443,7 @@ impl OverlayFs {
             }
         }
         let (entries, _) = layer::merge(listings);
-        let ix = Arc::new(DirIndex { layers, entries });
+        let ix = Arc::new(DirIndex::new(layers, entries));
         node.st.lock().unwrap().index = Some(ix.clone());
         Ok(ix)
     }
@@ -456,8 +451,9 @@ impl OverlayFs {
     fn update_index(&self, dir: &Node, f: impl FnOnce(&mut DirIndex)) -> OpResult<()> {
         self.index(dir)?;
         let mut st = dir.st.lock().unwrap();
-        let ix = st.index.as_mut().ok_or(Errno::IO)?;
-        f(Arc::make_mut(ix));
+        let ix = Arc::make_mut(st.index.as_mut().ok_or(Errno::IO)?);
+        f(ix);
+        ix.changed();
         Ok(())
     }
 
@@ -618,7 +614,7 @@ impl OverlayFs {
     pub fn op_getattr(&self, ino: u64, fh: Option<u64>) -> OpResult<(Arc<Node>, Stat)> {
         if let Some(fh) = fh
             && let Some(h) = self.handles.lock().unwrap().get(&fh).cloned()
-            && let Handle::File { file, node, .. } = &*h
+            && let Handle { file, node, .. } = &*h
         {
             return Ok((node.clone(), rfs::fstat(file)?));
         }
@@ -680,9 +676,7 @@ impl OverlayFs {
         if let Some(size) = size {
             let handle = fh.and_then(|fh| self.handles.lock().unwrap().get(&fh).cloned());
             match handle.as_deref() {
-                Some(Handle::File { file, .. }) if file_writable(file) => {
-                    rfs::ftruncate(file, size)?
-                }
+                Some(Handle { file, .. }) if file_writable(file) => rfs::ftruncate(file, size)?,
                 _ => {
                     let f = rfs::open(
                         proc_path(&*fd),
@@ -987,10 +981,8 @@ impl OverlayFs {
         let st = rfs::fstat(&fd)?;
         let node = self.node_for(&st, kind, fd, 0, parent.ino, name, vec![0], true);
         if kind == FileType::Directory {
-            node.st.lock().unwrap().index = Some(Arc::new(DirIndex {
-                layers: vec![0],
-                entries: Default::default(),
-            }));
+            node.st.lock().unwrap().index =
+                Some(Arc::new(DirIndex::new(vec![0], Default::default())));
         }
         self.update_index(parent, |ix| {
             ix.entries
@@ -1595,20 +1587,10 @@ impl OverlayFs {
         self.handles.lock().unwrap().remove(&fh);
     }
 
-    fn file(&self, fh: u64) -> OpResult<Arc<Handle>> {
-        let h = self.handle(fh)?;
-        match &*h {
-            Handle::File { .. } => Ok(h),
-            Handle::Dir { .. } => Err(Errno::ISDIR),
-        }
-    }
-
     /// `read` (when not served by passthrough).
     pub fn op_read(&self, fh: u64, offset: u64, size: u32) -> OpResult<Vec<u8>> {
-        let h = self.file(fh)?;
-        let Handle::File { file, .. } = &*h else {
-            unreachable!()
-        };
+        let h = self.handle(fh)?;
+        let Handle { file, .. } = &*h;
         let mut buf = vec![0u8; size as usize];
         let mut got = 0;
         while got < buf.len() {
@@ -1625,10 +1607,8 @@ impl OverlayFs {
 
     /// `write` (when not served by passthrough).
     pub fn op_write(&self, fh: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
-        let h = self.file(fh)?;
-        let Handle::File { file, .. } = &*h else {
-            unreachable!()
-        };
+        let h = self.handle(fh)?;
+        let Handle { file, .. } = &*h;
         let append = rfs::fcntl_getfl(file)
             .map(|f| f.contains(OFlags::APPEND))
             .unwrap_or(false);
@@ -1644,33 +1624,17 @@ impl OverlayFs {
     /// `fsync` / `fdatasync`.
     pub fn op_fsync(&self, fh: u64, datasync: bool) -> OpResult<()> {
         let h = self.handle(fh)?;
-        match &*h {
-            Handle::File { file, .. } => {
-                if datasync {
-                    rfs::fdatasync(file)
-                } else {
-                    rfs::fsync(file)
-                }
-            }
-            Handle::Dir { node, .. } => {
-                let (fd, _) = self.node_fd(node)?;
-                let d = rfs::openat(
-                    &*fd,
-                    ".",
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                rfs::fsync(&d)
-            }
+        if datasync {
+            rfs::fdatasync(&h.file)
+        } else {
+            rfs::fsync(&h.file)
         }
     }
 
     /// `fallocate`.
     pub fn op_fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> OpResult<()> {
-        let h = self.file(fh)?;
-        let Handle::File { file, .. } = &*h else {
-            unreachable!()
-        };
+        let h = self.handle(fh)?;
+        let Handle { file, .. } = &*h;
         rfs::fallocate(
             file,
             rfs::FallocateFlags::from_bits_retain(mode as u32),
@@ -1681,10 +1645,8 @@ impl OverlayFs {
 
     /// `lseek` (SEEK_DATA/SEEK_HOLE).
     pub fn op_lseek(&self, fh: u64, offset: i64, whence: i32) -> OpResult<i64> {
-        let h = self.file(fh)?;
-        let Handle::File { file, .. } = &*h else {
-            unreachable!()
-        };
+        let h = self.handle(fh)?;
+        let Handle { file, .. } = &*h;
         let pos = match whence {
             libc::SEEK_DATA => rfs::SeekFrom::Data(offset as u64),
             libc::SEEK_HOLE => rfs::SeekFrom::Hole(offset as u64),
@@ -1697,16 +1659,28 @@ impl OverlayFs {
 
     // ---- directories -------------------------------------------------------------------
 
-    /// `opendir`: snapshots the merged names.
-    pub(crate) fn op_opendir(&self, ino: u64) -> OpResult<u64> {
+    /// A directory's merged names for readdir (see [`DirIndex::listing`]).
+    pub(crate) fn op_listing(&self, ino: u64) -> OpResult<(Arc<Node>, Arc<layer::Listing>)> {
         let _g = self.ns.read().unwrap();
         let node = self.node(ino)?;
-        let ix = self.index(&node)?;
-        let entries = ix.visible().map(|(n, k)| (n.clone(), k)).collect();
-        Ok(self.add_handle(Handle::Dir { node, entries }))
+        let listing = self.index(&node)?.listing();
+        Ok((node, listing))
     }
 
-    /// Resolves a directory handle's entry for readdir(plus).
+    /// `fsyncdir`: syncs the directory's real dir.
+    pub fn op_fsyncdir(&self, ino: u64) -> OpResult<()> {
+        let node = self.node(ino)?;
+        let (fd, _) = self.node_fd(&node)?;
+        let d = rfs::openat(
+            &*fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rfs::fsync(&d)
+    }
+
+    /// Resolves a listed name for readdir(plus).
     pub(crate) fn dir_entry(
         &self,
         dir: &Node,

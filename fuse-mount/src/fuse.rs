@@ -2,6 +2,7 @@
 //! Errors become errnos in exactly one place, [`errno`].
 
 use crate::fs::{Backing, Caller, Handle, Node, Opened, OverlayFs};
+use crate::layer::DOT_DOT_OFFSET;
 use fuser::{
     AccessFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -364,7 +365,7 @@ impl Filesystem for Fuse {
         };
         let (backing, direct) = self.backing(&opened, |f| reply.open_backing(f));
         let Opened { file, node, .. } = opened;
-        let fh = self.fs.add_handle(Handle::File {
+        let fh = self.fs.add_handle(Handle {
             file,
             node,
             _backing: backing.clone(),
@@ -401,7 +402,7 @@ impl Filesystem for Fuse {
         let attr = self.attr(&node, &st);
         let (backing, direct) = self.backing(&opened, |f| reply.open_backing(f));
         let Opened { file, node, .. } = opened;
-        let fh = self.fs.add_handle(Handle::File {
+        let fh = self.fs.add_handle(Handle {
             file,
             node,
             _backing: backing.clone(),
@@ -497,52 +498,43 @@ impl Filesystem for Fuse {
         reply_empty(reply, self.fs.op_fsync(fh.0, datasync))
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.op_opendir(ino.0) {
-            // The kernel may cache the listing: it drops it when the dir changes.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // No OPENDIR/RELEASEDIR round trips: answered ENOSYS once, the kernel
+        // opens directories locally from then on (caching listings, as
+        // FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE would) and sends READDIRPLUS
+        // with no handle. A `find` of a warm tree then costs no round trip at
+        // all, and `rm -r` two fewer per directory. readdir is served from
+        // the directory's index, with offsets that stay valid however it
+        // changes (`DirIndex::listing`).
+        reply.error(fuser::Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let h = match self.fs.handle(fh.0) {
-            Ok(h) => h,
+        let (node, listing) = match self.fs.op_listing(ino.0) {
+            Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
         };
-        let Handle::Dir { node, entries } = &*h else {
-            return reply.error(fuser::Errno::ENOTDIR);
-        };
-        let mut i = offset as usize;
-        while i < entries.len() + 2 {
-            let full = if i < 2 {
-                let name = if i == 0 { "." } else { ".." };
-                reply.add(INodeNo(node.ino), (i + 1) as u64, FileType::Directory, name)
-            } else {
-                let (name, k) = &entries[i - 2];
-                let ino = match self.fs.dir_entry(node, name, false) {
-                    Ok(Some((n, _))) => n.ino,
-                    _ => {
-                        i += 1;
-                        continue;
-                    }
-                };
-                reply.add(INodeNo(ino), (i + 1) as u64, kind(*k), name)
+        if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
+            return reply.ok();
+        }
+        if offset < DOT_DOT_OFFSET && reply.add(ino, DOT_DOT_OFFSET, FileType::Directory, "..") {
+            return reply.ok();
+        }
+        let start = listing.partition_point(|(off, ..)| *off <= offset);
+        for (off, name, k) in &listing[start..] {
+            let Ok(Some((child, _))) = self.fs.dir_entry(&node, name, false) else {
+                continue;
             };
-            if full {
+            if reply.add(INodeNo(child.ino), *off, kind(*k), name) {
                 break;
             }
-            i += 1;
         }
         reply.ok();
     }
@@ -551,56 +543,41 @@ impl Filesystem for Fuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let h = match self.fs.handle(fh.0) {
-            Ok(h) => h,
+        let (node, listing) = match self.fs.op_listing(ino.0) {
+            Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
         };
-        let Handle::Dir { node, entries } = &*h else {
-            return reply.error(fuser::Errno::ENOTDIR);
-        };
         let ttl = self.ttl();
-        let mut i = offset as usize;
-        while i < entries.len() + 2 {
-            if i < 2 {
-                // "." and "..": the kernel takes no reference on these.
-                let st = match self.fs.stat(node) {
-                    Ok(st) => st,
-                    Err(e) => return reply.error(errno(e)),
-                };
-                let name = if i == 0 { "." } else { ".." };
-                let attr = self.attr(node, &st);
-                if reply.add(ino, (i + 1) as u64, name, &ttl, &attr, Generation(0)) {
-                    break;
-                }
-                i += 1;
+        // "." and "..": the kernel takes no reference on these.
+        for (off, name) in [(1, "."), (DOT_DOT_OFFSET, "..")] {
+            if offset >= off {
                 continue;
             }
-            let (name, _) = &entries[i - 2];
-            let (child, st) = match self.fs.dir_entry(node, name, true) {
-                Ok(Some(c)) => c,
-                _ => {
-                    i += 1;
-                    continue;
-                }
+            let st = match self.fs.stat(&node) {
+                Ok(st) => st,
+                Err(e) => return reply.error(errno(e)),
+            };
+            let attr = self.attr(&node, &st);
+            if reply.add(ino, off, name, &ttl, &attr, Generation(0)) {
+                return reply.ok();
+            }
+        }
+        let start = listing.partition_point(|(off, ..)| *off <= offset);
+        for (off, name, _) in &listing[start..] {
+            let Ok(Some((child, st))) = self.fs.dir_entry(&node, name, true) else {
+                continue;
             };
             let attr = self.attr(&child, &st);
             let ttl = self.entry_ttl(&st);
-            if reply.add(
-                INodeNo(child.ino),
-                (i + 1) as u64,
-                name,
-                &ttl,
-                &attr,
-                Generation(0),
-            ) {
+            if reply.add(INodeNo(child.ino), *off, name, &ttl, &attr, Generation(0)) {
+                // Not sent: the kernel takes no reference on it.
                 self.fs.unref(&child);
                 break;
             }
-            i += 1;
         }
         reply.ok();
     }
@@ -609,23 +586,23 @@ impl Filesystem for Fuse {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
+        // Never sent once OPENDIR has answered ENOSYS (see `opendir`).
         reply.ok();
     }
 
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        datasync: bool,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.op_fsync(fh.0, datasync))
+        reply_empty(reply, self.fs.op_fsyncdir(ino.0))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -20,8 +20,10 @@ use rustix::fs::{self as rfs, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
+use std::hash::{Hash, Hasher};
 use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, OnceLock};
 
 /// Marker entry that makes a directory opaque.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -108,10 +110,61 @@ pub struct DirIndex {
     /// opaque layer).
     pub layers: Vec<usize>,
     /// Every name, whiteouts included (they matter for later writes).
+    /// Whoever changes it calls [`DirIndex::changed`].
     pub entries: BTreeMap<OsString, Entry>,
+    /// The readdir listing, made on first use.
+    listing: OnceLock<Arc<Listing>>,
+}
+
+/// A directory's shown names as readdir gives them: `(offset, name, type)`
+/// in offset order (see [`DirIndex::listing`]).
+pub type Listing = Vec<(u64, OsString, FileType)>;
+
+/// Readdir offsets up to this one are `.` (1) and `..` (2).
+pub const DOT_DOT_OFFSET: u64 = 2;
+
+/// The readdir offset of `name`: a hash of it, above [`DOT_DOT_OFFSET`] and
+/// below 2^63 (the kernel keeps offsets in a signed `loff_t`).
+pub fn readdir_offset(name: &OsStr) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    name.as_bytes().hash(&mut h);
+    (h.finish() >> 1).max(DOT_DOT_OFFSET + 1)
 }
 
 impl DirIndex {
+    /// An index of `entries` merged from `layers`.
+    pub fn new(layers: Vec<usize>, entries: BTreeMap<OsString, Entry>) -> DirIndex {
+        DirIndex {
+            layers,
+            entries,
+            listing: OnceLock::new(),
+        }
+    }
+
+    /// The shown names in readdir order. A name's offset is a hash of it
+    /// ([`readdir_offset`]), as ext4's hash cookies, not a position: a
+    /// listing read in several calls, with names added or removed in
+    /// between, neither repeats nor skips a name that stayed, and no open
+    /// handle has to keep a snapshot (lamina serves readdir without
+    /// OPENDIR). Made once per change of the directory.
+    pub fn listing(&self) -> Arc<Listing> {
+        self.listing
+            .get_or_init(|| {
+                let mut l: Listing = self
+                    .visible()
+                    .map(|(n, k)| (readdir_offset(n), n.clone(), k))
+                    .collect();
+                l.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+                Arc::new(l)
+            })
+            .clone()
+    }
+
+    /// Call after changing `entries`: the listing is made again.
+    pub fn changed(&mut self) {
+        self.listing = OnceLock::new();
+    }
+
     /// Names shown, in order, with their types.
     pub fn visible(&self) -> impl Iterator<Item = (&OsString, FileType)> {
         self.entries.iter().filter_map(|(n, e)| match e.state {

@@ -11,6 +11,7 @@ mod overlay_layers;
 mod overlay_pjdfstest;
 mod overlay_podman;
 mod overlay_programs;
+mod overlay_readdir;
 mod overlay_stress;
 mod overlay_uring;
 mod overlay_whiteouts;
