@@ -30,7 +30,7 @@ use crate::{Error, Result};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The migrations, in order; index + 1 is the `user_version` after applying it.
 /// Append only: never edit a released entry.
@@ -103,6 +103,18 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether `e` is SQLite's "another connection holds the lock".
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// The open database, shared by the threads of one process.
 #[derive(Debug)]
 pub(crate) struct Db {
@@ -116,13 +128,31 @@ impl Db {
         Self::open_with(path, MIGRATIONS)
     }
 
+    /// Opens (creating) the DB and applies `migrations`.
+    ///
+    /// Processes that open a new DB at the same time race to switch it to
+    /// WAL, and SQLite answers the losers `SQLITE_BUSY` at once, without
+    /// calling the busy handler; they try again, for as long as the busy
+    /// timeout would have waited.
     pub(crate) fn open_with(path: &Path, migrations: &[&str]) -> Result<Db> {
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Self::try_open(path, migrations) {
+                Err(Error::Db { source, .. }) if is_busy(&source) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn try_open(path: &Path, migrations: &[&str]) -> Result<Db> {
         let err = |source| Error::Db {
             path: path.to_path_buf(),
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(60)).map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
