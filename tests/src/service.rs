@@ -548,3 +548,24 @@ pub async fn snapshots_client(socket: &Path) -> Result<SnapshotsClient> {
         .await?;
     Ok(SnapshotsClient::new(channel))
 }
+
+/// The names of the snapshots `List` returns for `filters` (containerd's
+/// filter syntax), sorted.
+pub async fn snapshot_names(c: &mut SnapshotsClient, filters: Vec<String>) -> Vec<String> {
+    let mut stream = c
+        .list(
+            containerd_snapshots::api::snapshots::v1::ListSnapshotsRequest {
+                snapshotter: "lamina".into(),
+                filters,
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut names = vec![];
+    while let Some(resp) = stream.message().await.unwrap() {
+        names.extend(resp.info.into_iter().map(|i| i.name));
+    }
+    names.sort();
+    names
+}

@@ -10,7 +10,7 @@ use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::tonic::Code;
 use lamina_registry::{Client, ClientOptions, CredentialSources, Credentials, Reference};
 use lamina_tests::registry::{Auth, Placed, Registry, build_image, free_port, random_bytes};
-use lamina_tests::service::{Serve, SnapshotsClient, snapshots_client};
+use lamina_tests::service::{Serve, SnapshotsClient, snapshot_names, snapshots_client};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -196,23 +196,6 @@ async fn remove(c: &mut SnapshotsClient, key: &str) {
     .unwrap();
 }
 
-async fn names(c: &mut SnapshotsClient, filters: Vec<String>) -> Vec<String> {
-    let mut s = c
-        .list(api::ListSnapshotsRequest {
-            snapshotter: "lamina".into(),
-            filters,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = vec![];
-    while let Some(msg) = s.message().await.unwrap() {
-        out.extend(msg.info.into_iter().map(|i| i.name));
-    }
-    out.sort();
-    out
-}
-
 fn layer_dir(root: &Path, chain: &str) -> PathBuf {
     root.join("layers")
         .join(chain.trim_start_matches("sha256:"))
@@ -257,6 +240,12 @@ fn lamina(root: &Path, env_dir: &Path, args: &[&str]) -> String {
 fn assert_fsck_clean(root: &Path) {
     let report = lamina_store::Store::open(root).unwrap().fsck().unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+/// The store checks clean and the daemon is still up.
+fn assert_healthy(root: &Path, serve: &mut Serve) {
+    assert_fsck_clean(root);
+    assert!(serve.alive(), "{}", serve.log());
 }
 
 #[test]
@@ -309,7 +298,8 @@ fn labelled_prepares_fetch_the_layers_and_lamina_pull_reuses_them() {
             "only downloaded, not unpacked"
         );
         // What containerd's metadata layer looks for after AlreadyExists.
-        let found = names(&mut c, vec![format!(r#"labels."{REF}"=={t1},parent=="""#)]).await;
+        let found =
+            snapshot_names(&mut c, vec![format!(r#"labels."{REF}"=={t1},parent=="""#)]).await;
         assert_eq!(found, vec![t1.clone()]);
 
         // Layer 2 on top of layer 1's name.
@@ -431,8 +421,7 @@ fn a_pulled_image_serves_labelled_prepares_without_a_fetch() {
             .ino(),
         inode
     );
-    assert_fsck_clean(&root);
-    assert!(serve.alive(), "{}", serve.log());
+    assert_healthy(&root, &mut serve);
 }
 
 #[test]
@@ -508,7 +497,7 @@ fn failed_fetches_fall_back_to_a_normal_prepare_and_register_nothing() {
             assert!(!layer_dir(&root, target).exists(), "{what}");
             remove(&mut c, &key).await;
         }
-        assert_eq!(names(&mut c, vec![]).await, Vec::<String>::new());
+        assert_eq!(snapshot_names(&mut c, vec![]).await, Vec::<String>::new());
         assert!(
             !layer_dir(&root, &t1).exists(),
             "a refused fetch downloads nothing"
@@ -521,8 +510,7 @@ fn failed_fetches_fall_back_to_a_normal_prepare_and_register_nothing() {
             .unwrap_err();
         assert_eq!(e.code(), Code::AlreadyExists, "{}", serve.log());
     });
-    assert_fsck_clean(&root);
-    assert!(serve.alive(), "{}", serve.log());
+    assert_healthy(&root, &mut serve);
 }
 
 #[test]
@@ -557,7 +545,7 @@ fn concurrent_prepares_of_one_layer_fetch_it_once() {
         let mut c = snapshots_client(&socket).await.unwrap();
         // One under the chain id, the others under their keys, all found by
         // containerd's label filter.
-        let found = names(
+        let found = snapshot_names(
             &mut c,
             vec![format!(r#"labels."{REF}"=={},parent=="""#, img.chains[0])],
         )
@@ -565,8 +553,7 @@ fn concurrent_prepares_of_one_layer_fetch_it_once() {
         assert_eq!(found.len(), 4, "{found:?}");
         assert!(found.contains(&img.chains[0]), "{found:?}");
     });
-    assert_fsck_clean(&root);
-    assert!(serve.alive(), "{}", serve.log());
+    assert_healthy(&root, &mut serve);
 }
 
 #[test]
@@ -638,8 +625,7 @@ fn a_corrupt_blob_falls_back_and_leaves_the_store_clean() {
         assert_eq!(e.code(), Code::AlreadyExists, "{}", serve.log());
         assert!(layer_dir(&root, t2).join("srv/data.bin").is_file());
     });
-    assert_fsck_clean(&root);
-    assert!(serve.alive(), "{}", serve.log());
+    assert_healthy(&root, &mut serve);
 }
 
 #[test]
@@ -776,8 +762,7 @@ fn a_private_registry_takes_the_daemons_own_credentials() {
         assert_eq!(stat(&mut c, &img.chains[0]).await.unwrap().kind, 3);
     });
     assert!(layer_dir(&root, &img.chains[0]).is_dir());
-    assert_fsck_clean(&root);
-    assert!(serve.alive(), "{}", serve.log());
+    assert_healthy(&root, &mut serve);
 }
 
 #[test]
@@ -821,6 +806,5 @@ fn a_blob_missing_from_the_registry_falls_back() {
     });
     assert!(!layer_dir(&root, t2).exists());
     assert!(!blob_path(&root, &img.blobs[1]).exists());
-    assert_fsck_clean(&root);
-    assert!(serve.alive(), "{}", serve.log());
+    assert_healthy(&root, &mut serve);
 }

@@ -4,7 +4,9 @@
 
 use containerd_snapshots::api::snapshots::v1 as api;
 use containerd_snapshots::tonic::Code;
-use lamina_tests::service::{SnapshotsClient, dir_names, serve_in_tempdir, snapshots_client};
+use lamina_tests::service::{
+    SnapshotsClient, dir_names, serve_in_tempdir, snapshot_names, snapshots_client,
+};
 use std::collections::HashMap;
 
 const CHAIN: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -200,9 +202,9 @@ fn grpc_semantics_and_error_codes() {
         );
 
         // List with containerd's filter syntax; usage counts the upper.
-        let listed = list(&mut c, vec!["kind==committed".into()]).await;
+        let listed = snapshot_names(&mut c, vec!["kind==committed".into()]).await;
         assert_eq!(listed, vec!["base".to_string()]);
-        assert_eq!(list(&mut c, vec![]).await.len(), 3);
+        assert_eq!(snapshot_names(&mut c, vec![]).await.len(), 3);
         let u = c
             .usage(api::UsageRequest {
                 snapshotter: "lamina".into(),
@@ -217,7 +219,7 @@ fn grpc_semantics_and_error_codes() {
         c.remove(remove("view")).await.unwrap();
         c.remove(remove("child")).await.unwrap();
         c.remove(remove("base")).await.unwrap();
-        assert!(list(&mut c, vec![]).await.is_empty());
+        assert!(snapshot_names(&mut c, vec![]).await.is_empty());
     });
     assert!(serve.alive(), "{}", serve.log());
 }
@@ -226,23 +228,6 @@ fn prost_types_mask(paths: &[&str]) -> prost_types::FieldMask {
     prost_types::FieldMask {
         paths: paths.iter().map(|p| p.to_string()).collect(),
     }
-}
-
-async fn list(c: &mut lamina_tests::service::SnapshotsClient, filters: Vec<String>) -> Vec<String> {
-    let mut stream = c
-        .list(api::ListSnapshotsRequest {
-            snapshotter: "lamina".into(),
-            filters,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut names = vec![];
-    while let Some(resp) = stream.message().await.unwrap() {
-        names.extend(resp.info.into_iter().map(|i| i.name));
-    }
-    names.sort();
-    names
 }
 
 use std::path::Path;
@@ -276,7 +261,7 @@ fn extraction_commits_become_layer_dirs_and_the_fast_path_reuses_them() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::AlreadyExists);
-        let found = list(
+        let found = snapshot_names(
             &mut c,
             vec![format!(
                 r#"labels."containerd.io/snapshot.ref"=={CHAIN},parent=="""#
@@ -358,7 +343,7 @@ fn snapshots_survive_a_restart_and_garbage_bytes_do_not_kill_the_daemon() {
     rt().block_on(async {
         let mut c = snapshots_client(&serve.snapshotter_socket).await.unwrap();
         assert_eq!(
-            list(&mut c, vec![]).await,
+            snapshot_names(&mut c, vec![]).await,
             vec!["active".to_string(), "kept".to_string()]
         );
         let m = c
