@@ -1213,20 +1213,14 @@ impl OverlayFs {
     /// Removes the whiteouts an upper dir holds so that it can be removed
     /// (nothing if it holds anything else: `NOTEMPTY`).
     fn clear_whiteouts(dir: &OwnedFd) -> OpResult<()> {
-        let whiteouts = Self::only_whiteouts(dir)?;
-        let fd = rfs::openat(
-            dir,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        for name in whiteouts {
-            let _ = rfs::unlinkat(&fd, &name, AtFlags::empty());
+        // `*at` calls take the O_PATH fd as it is.
+        for name in Self::only_whiteouts(dir)? {
+            let _ = rfs::unlinkat(dir, &name, AtFlags::empty());
             let mut marker = OsString::from(layer::WHITEOUT_PREFIX);
             marker.push(&name);
-            let _ = rfs::unlinkat(&fd, &marker, AtFlags::empty());
+            let _ = rfs::unlinkat(dir, &marker, AtFlags::empty());
         }
-        let _ = rfs::unlinkat(&fd, layer::OPAQUE_MARKER, AtFlags::empty());
+        let _ = rfs::unlinkat(dir, layer::OPAQUE_MARKER, AtFlags::empty());
         Ok(())
     }
 
@@ -1671,13 +1665,7 @@ impl OverlayFs {
     pub fn op_fsyncdir(&self, ino: u64) -> OpResult<()> {
         let node = self.node(ino)?;
         let (fd, _) = self.node_fd(&node)?;
-        let d = rfs::openat(
-            &*fd,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        rfs::fsync(&d)
+        rfs::fsync(layer::open_listable(&*fd)?)
     }
 
     /// Resolves a listed name for readdir(plus).

@@ -188,15 +188,21 @@ pub enum Raw {
     Whiteout,
 }
 
-/// Reads the directory `dir` (any fd, O_PATH included) of one layer: its
-/// entries with whiteout markers decoded, and whether it is opaque.
-pub fn read_layer_dir(dir: &OwnedFd) -> Result<(Vec<(OsString, Raw)>, bool), Errno> {
-    let fd = rfs::openat(
+/// A readable fd (for listing, fsync) of the directory `dir` (any fd of it,
+/// O_PATH included).
+pub(crate) fn open_listable(dir: impl AsFd) -> Result<OwnedFd, Errno> {
+    rfs::openat(
         dir,
         ".",
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
-    )?;
+    )
+}
+
+/// Reads the directory `dir` (any fd, O_PATH included) of one layer: its
+/// entries with whiteout markers decoded, and whether it is opaque.
+pub fn read_layer_dir(dir: &OwnedFd) -> Result<(Vec<(OsString, Raw)>, bool), Errno> {
+    let fd = open_listable(dir)?;
     let mut opaque = is_opaque_dir(&fd);
     let mut out = Vec::new();
     let mut buf = vec![MaybeUninit::<u8>::uninit(); 64 * 1024];

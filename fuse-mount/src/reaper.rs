@@ -40,12 +40,7 @@ impl Reaper {
     /// Starts the thread for the work dir `work` (any fd of it; it keeps its
     /// own), after queueing the leftovers of processes that no longer run.
     pub(crate) fn start(work: &OwnedFd) -> std::io::Result<Reaper> {
-        let dir = rfs::openat(
-            work,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let dir = crate::layer::open_listable(work)?;
         let (tx, rx) = mpsc::channel::<OsString>();
         for name in leftovers(&dir)? {
             let _ = tx.send(name);
