@@ -121,6 +121,11 @@ pub struct OverlayConfig {
     pub passthrough: bool,
     /// Serve requests over FUSE-over-io_uring (see [`crate::Uring`]).
     pub uring: crate::Uring,
+    /// Flush a copied-up file's data to disk before it takes the file's name,
+    /// as kernel overlayfs does, so a crash (power loss) never leaves an upper
+    /// file whose name is there but whose data is not. Off is kernel
+    /// overlayfs's `volatile` (fuse-overlayfs's `fsync=0`).
+    pub sync_copy_up: bool,
 }
 
 impl OverlayConfig {
@@ -136,6 +141,7 @@ impl OverlayConfig {
             threads: (cpus * 2).clamp(4, 16),
             passthrough: true,
             uring: crate::Uring::default(),
+            sync_copy_up: true,
         }
     }
 }
@@ -771,6 +777,9 @@ impl OverlayFs {
                             Mode::empty(),
                         )?;
                         copy_data(&src, &dst, st.st_size as u64)?;
+                        if self.config.sync_copy_up {
+                            rfs::fsync(&dst)?;
+                        }
                     }
                 }
                 FileType::Symlink => {

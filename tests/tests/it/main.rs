@@ -6,6 +6,7 @@ mod archive_podman;
 mod archive_roundtrip;
 mod overlay_cli;
 mod overlay_compare;
+mod overlay_copyup;
 mod overlay_detach;
 mod overlay_layers;
 mod overlay_pjdfstest;

@@ -7,8 +7,9 @@
 //! Without `-f` it returns once the mount is ready, with the server running
 //! in the background (what podman's `mount_program` expects). Options it does
 //! not know are ignored with a warning, as fuse-overlayfs's own options that
-//! change nothing here (`fsync=0`, `noacl`, `fast_ino`, ...) are ignored
-//! quietly: a mount never fails on an option. Options are split on commas
+//! change nothing here (`noacl`, `fast_ino`, ...) are ignored quietly: a
+//! mount never fails on an option. `fsync=0` (fuse-overlayfs) and `volatile`
+//! (kernel overlayfs) stop copy-ups from flushing the copied data to disk. Options are split on commas
 //! outside double quotes (`context="a,b"`), and `\,` / `\:` escape a comma or
 //! a colon in a path.
 //!
@@ -34,6 +35,7 @@ struct Opts {
     threads: Option<usize>,
     passthrough: bool,
     uring: lamina_fuse::Uring,
+    sync_copy_up: bool,
     mountpoint: PathBuf,
     source: String,
 }
@@ -52,6 +54,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         threads: None,
         passthrough: true,
         uring: lamina_fuse::Uring::default(),
+        sync_copy_up: true,
         mountpoint: PathBuf::new(),
         source: "lamina-overlayfs".into(),
     };
@@ -93,6 +96,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                 Ok(u) => o.uring = u,
                 Err(msg) => eprintln!("lamina-overlayfs: ignoring {msg}"),
             },
+            // Copy-ups flush their data before they take the name, unless
+            // the caller trades that for speed (data it can recreate).
+            "fsync" => o.sync_copy_up = v != "0",
+            "volatile" => o.sync_copy_up = false,
             ""
             | "rw"
             | "dev"
@@ -108,13 +115,11 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             | "allow_other"
             | "default_permissions"
             // fuse-overlayfs options with nothing to do here: lamina always
-            // allocates stable inodes, keeps xattrs, syncs only on fsync, and
-            // the kernel enforces permissions.
-            | "fsync"
+            // allocates stable inodes, keeps xattrs, and the kernel enforces
+            // permissions.
             | "noacl"
             | "fast_ino"
             | "static_nlink"
-            | "volatile"
             | "writeback"
             | "timeout"
             | "threaded"
@@ -191,6 +196,7 @@ fn serve(o: Opts, background: bool) -> Result<(), String> {
     }
     cfg.passthrough = o.passthrough;
     cfg.uring = o.uring;
+    cfg.sync_copy_up = o.sync_copy_up;
     let mounted = lamina_fuse::mount(cfg, &o.mountpoint, &o.source).map_err(|e| e.to_string())?;
     daemon::notify_ready();
     if background {
@@ -272,6 +278,19 @@ mod tests {
         assert_eq!(o.upper, Some("/s/c/diff".into()));
         assert_eq!(o.work, Some("/s/c/work".into()));
         assert_eq!(o.mountpoint, PathBuf::from("/s/c/merged"));
+        assert!(
+            !o.sync_copy_up,
+            "fsync=0 and volatile: copy-ups are not flushed"
+        );
+    }
+
+    #[test]
+    fn copy_ups_are_flushed_unless_asked_not_to() {
+        let sync = |opts: &str| parse(&args(&["-o", opts, "/m"])).unwrap().sync_copy_up;
+        assert!(sync("lowerdir=/l,upperdir=/u,workdir=/w"));
+        assert!(sync("lowerdir=/l,upperdir=/u,workdir=/w,fsync=1"));
+        assert!(!sync("lowerdir=/l,upperdir=/u,workdir=/w,fsync=0"));
+        assert!(!sync("lowerdir=/l,upperdir=/u,workdir=/w,volatile"));
     }
 
     #[test]
