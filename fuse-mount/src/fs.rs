@@ -79,6 +79,10 @@ struct NodeState {
     chain: Vec<usize>,
     /// Directories: the merged index, built on first use.
     index: Option<Arc<DirIndex>>,
+    /// Directories: the dir in other layers of `chain` than `layer`, opened
+    /// once (each lookup of a name from a lower layer needs it); dropped with
+    /// `fd` under fd pressure.
+    layer_dirs: Vec<(usize, Arc<OwnedFd>)>,
     /// The fd may not be closed: `parent`/`name` no longer lead to this
     /// file (that name was removed while the file lives on: other links, or
     /// open), so it could not be reopened by path.
@@ -298,6 +302,7 @@ impl OverlayFs {
                 name: OsString::new(),
                 chain,
                 index: None,
+                layer_dirs: Vec::new(),
                 pinned: false,
             }),
             backing: Mutex::new(Weak::new()),
@@ -372,6 +377,7 @@ impl OverlayFs {
                     q.push_back(old);
                 } else {
                     st.fd = None;
+                    st.layer_dirs.clear();
                 }
             }
         }
@@ -383,12 +389,29 @@ impl OverlayFs {
         if top == layer {
             return Ok(fd);
         }
+        let cached = |st: &NodeState| {
+            st.layer_dirs
+                .iter()
+                .find(|(l, _)| *l == layer)
+                .map(|(_, fd)| fd.clone())
+        };
+        if let Some(fd) = cached(&dir.st.lock().unwrap()) {
+            return Ok(fd);
+        }
         let rel = self.rel_path(dir)?;
-        Ok(Arc::new(open_beneath(
-            &self.layers[layer],
-            &rel,
-            OFlags::DIRECTORY,
-        )?))
+        let fd = Arc::new(open_beneath(&self.layers[layer], &rel, OFlags::DIRECTORY)?);
+        let mut st = dir.st.lock().unwrap();
+        if let Some(other) = cached(&st) {
+            return Ok(other);
+        }
+        if st.fd.is_none() {
+            // Evicted meanwhile: keep nothing the budget does not count.
+            return Ok(fd);
+        }
+        st.layer_dirs.push((layer, fd.clone()));
+        drop(st);
+        self.fd_opened(dir.ino);
+        Ok(fd)
     }
 
     fn in_upper(&self, node: &Node) -> bool {
@@ -521,6 +544,7 @@ impl OverlayFs {
                 name: name.to_owned(),
                 chain,
                 index: None,
+                layer_dirs: Vec::new(),
                 pinned: false,
             }),
             backing: Mutex::new(Weak::new()),
@@ -895,6 +919,7 @@ impl OverlayFs {
         let mut s = dir.st.lock().unwrap();
         s.chain = vec![0];
         s.index = None;
+        s.layer_dirs.clear();
         Ok(())
     }
 
