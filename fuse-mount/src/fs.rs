@@ -179,6 +179,9 @@ pub struct OverlayFs {
     pub(crate) config: OverlayConfig,
 }
 
+/// Chunk of a flushed copy-up after which its writeback starts (see `copy_data`).
+const COPY_UP_FLUSH_STEP: u64 = 32 << 20;
+
 /// The work dir's shared whiteout inode, which whiteouts are hard links to.
 const SHARED_WHITEOUT: &str = "#lamina-whiteout";
 
@@ -800,8 +803,9 @@ impl OverlayFs {
                             OFlags::RDONLY | OFlags::CLOEXEC,
                             Mode::empty(),
                         )?;
-                        copy_data(&src, &dst, st.st_size as u64)?;
-                        if self.config.sync_copy_up {
+                        let sync = self.config.sync_copy_up;
+                        copy_data(&src, &dst, st.st_size as u64, sync)?;
+                        if sync {
                             rfs::fsync(&dst)?;
                         }
                     }
@@ -1890,33 +1894,37 @@ fn copy_xattrs(src: &str, dir: &OwnedFd, name: &str) -> OpResult<()> {
 }
 
 /// Copies file data: reflink when the filesystem can, else copy_file_range,
-/// else read/write.
-fn copy_data(src: &impl AsFd, dst: &impl AsFd, len: u64) -> OpResult<()> {
+/// else read/write. With `flush`, writeback of each chunk starts once it is
+/// copied: copying and writing to disk overlap, and the caller's fsync waits
+/// only for the last chunks.
+fn copy_data(src: &impl AsFd, dst: &impl AsFd, len: u64, flush: bool) -> OpResult<()> {
     if rfs::ioctl_ficlone(dst, src).is_ok() {
         return Ok(());
     }
-    let mut done = 0u64;
-    let mut off_in = 0u64;
-    let mut off_out = 0u64;
+    let step: u64 = if flush { COPY_UP_FLUSH_STEP } else { 1 << 30 };
+    let mut pos = 0u64;
     let mut fallback = false;
-    while done < len || fallback {
-        if fallback {
-            break;
-        }
-        let chunk = (len - done).min(1 << 30) as usize;
+    while pos < len {
+        let chunk = (len - pos).min(step) as usize;
+        let (mut off_in, mut off_out) = (pos, pos);
         match rfs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
             Ok(0) => break,
-            Ok(n) => done += n as u64,
+            Ok(n) => {
+                if flush {
+                    crate::sys::start_writeback(dst.as_fd(), pos, n as u64);
+                }
+                pos += n as u64;
+            }
             Err(Errno::INTR) => {}
-            Err(Errno::XDEV) | Err(Errno::INVAL) | Err(Errno::NOSYS) | Err(Errno::OPNOTSUPP) => {
-                fallback = true
+            Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                fallback = true;
+                break;
             }
             Err(e) => return Err(e),
         }
     }
     if fallback {
         let mut buf = vec![0u8; 1 << 20];
-        let mut pos = done;
         loop {
             let n = rustix::io::pread(src, &mut buf[..], pos)?;
             if n == 0 {

@@ -38,6 +38,7 @@ mod fs;
 mod fuse;
 pub mod layer;
 mod reaper;
+mod sys;
 
 pub use error::{Error, Result};
 pub use fs::{OverlayConfig, OverlayFs};
