@@ -148,9 +148,30 @@ pub(crate) struct Slot {
     payload: Buf,
     /// The iovec pair handed to REGISTER (kept alive with the buffers).
     iov: Box<[libc::iovec; 2]>,
-    /// `Some(commit id)` while a request is being served and not yet answered.
-    pending: Mutex<Option<u64>>,
+    pending: Mutex<Pending>,
+    /// Signalled when the request is answered, only if the queue thread waits
+    /// for it (a reply from inside the callback, the usual case, makes no
+    /// futex call).
     answered: Condvar,
+}
+
+/// The request an entry is serving.
+#[derive(Debug, Default)]
+struct Pending {
+    /// `Some(commit id)` while a request is being served and not yet answered.
+    commit_id: Option<u64>,
+    /// The queue thread is waiting on `answered`.
+    waiting: bool,
+}
+
+impl Pending {
+    /// Marks the request answered, waking the queue thread if it waits.
+    fn answered(&mut self, cv: &Condvar) {
+        self.commit_id = None;
+        if self.waiting {
+            cv.notify_all();
+        }
+    }
 }
 
 // SAFETY: the iovecs only hold pointers into this slot's own buffers.
@@ -176,7 +197,7 @@ impl Slot {
             headers,
             payload,
             iov,
-            pending: Mutex::new(None),
+            pending: Mutex::new(Pending::default()),
             answered: Condvar::new(),
         })
     }
@@ -231,7 +252,7 @@ impl Slot {
     /// Answers the pending request with an error, unless it was answered.
     fn answer_errno(&self, commit_id: u64, errno: i32) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.is_none() {
+        if pending.commit_id.is_none() {
             return;
         }
         let len = OUT_HEADER_SIZE as u32;
@@ -240,8 +261,7 @@ impl Slot {
         hdr[4..8].copy_from_slice(&(-errno).to_ne_bytes());
         hdr[8..16].copy_from_slice(&commit_id.to_ne_bytes());
         if self.write_reply(&[IoSlice::new(&hdr)]).is_ok() {
-            *pending = None;
-            self.answered.notify_all();
+            pending.answered(&self.answered);
         }
     }
 }
@@ -256,14 +276,13 @@ pub(crate) struct UringSender {
 impl UringSender {
     pub(crate) fn send(&self, data: &[IoSlice<'_>]) -> io::Result<()> {
         let mut pending = self.slot.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.is_none() {
+        if pending.commit_id.is_none() {
             return Err(io::Error::other(
                 "FUSE reply to an io_uring entry that was already answered",
             ));
         }
         self.slot.write_reply(data)?;
-        *pending = None;
-        self.slot.answered.notify_all();
+        pending.answered(&self.slot.answered);
         Ok(())
     }
 
@@ -535,7 +554,7 @@ fn serve_entry<FS: Filesystem>(
     );
     let payload_sz = word(ENT_IN_OUT_OFFSET + 16) as usize;
     let len = word(0) as usize;
-    *slot.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(commit_id);
+    slot.pending.lock().unwrap_or_else(|e| e.into_inner()).commit_id = Some(commit_id);
     let arg0 = len
         .checked_sub(IN_HEADER_SIZE + payload_sz)
         .filter(|&a| a <= OP_IN_SIZE && payload_sz <= slot.payload.len());
@@ -578,12 +597,14 @@ fn serve_entry<FS: Filesystem>(
     // lamina answers inside the callback; a reply kept for later (or sent from
     // another thread) is waited for here, holding this entry (not the queue's others).
     let mut pending = slot.pending.lock().unwrap_or_else(|e| e.into_inner());
-    while pending.is_some() {
+    while pending.commit_id.is_some() {
+        pending.waiting = true;
         pending = slot
             .answered
             .wait(pending)
             .unwrap_or_else(|e| e.into_inner());
     }
+    pending.waiting = false;
     commit_id
 }
 
