@@ -80,8 +80,8 @@ struct NodeState {
     /// Directories: the merged index, built on first use.
     index: Option<Arc<DirIndex>>,
     /// Directories: the dir in other layers of `chain` than `layer`, opened
-    /// once (each lookup of a name from a lower layer needs it); dropped with
-    /// `fd` under fd pressure.
+    /// once (each lookup of a name from a lower layer needs it), sorted by
+    /// layer; dropped with `fd` under fd pressure.
     layer_dirs: Vec<(usize, Arc<OwnedFd>)>,
     /// The fd may not be closed: `parent`/`name` no longer lead to this
     /// file (that name was removed while the file lives on: other links, or
@@ -392,26 +392,27 @@ impl OverlayFs {
         if top == layer {
             return Ok(fd);
         }
+        // Sorted by layer: a lookup costs the same at any depth.
         let cached = |st: &NodeState| {
             st.layer_dirs
-                .iter()
-                .find(|(l, _)| *l == layer)
-                .map(|(_, fd)| fd.clone())
+                .binary_search_by_key(&layer, |(l, _)| *l)
+                .map(|i| st.layer_dirs[i].1.clone())
         };
-        if let Some(fd) = cached(&dir.st.lock().unwrap()) {
+        if let Ok(fd) = cached(&dir.st.lock().unwrap()) {
             return Ok(fd);
         }
         let rel = self.rel_path(dir)?;
         let fd = Arc::new(open_beneath(&self.layers[layer], &rel, OFlags::DIRECTORY)?);
         let mut st = dir.st.lock().unwrap();
-        if let Some(other) = cached(&st) {
-            return Ok(other);
-        }
+        let at = match cached(&st) {
+            Ok(other) => return Ok(other),
+            Err(at) => at,
+        };
         if st.fd.is_none() {
             // Evicted meanwhile: keep nothing the budget does not count.
             return Ok(fd);
         }
-        st.layer_dirs.push((layer, fd.clone()));
+        st.layer_dirs.insert(at, (layer, fd.clone()));
         drop(st);
         self.fd_opened(dir.ino);
         Ok(fd)
