@@ -559,6 +559,45 @@ impl OverlayFs {
         n
     }
 
+    /// The node the mount already has for `name` in `parent` (an entry at
+    /// `layer`), found by a stat of the name instead of opening it: a name
+    /// the kernel removes or renames was looked up before, so its node is
+    /// there. `None` when it is not, or has no fd to keep (then [`Self::child`]).
+    fn known_child(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        layer: usize,
+        kind: FileType,
+    ) -> OpResult<Option<Arc<Node>>> {
+        let dirfd = self.dir_in_layer(parent, layer)?;
+        let st = rfs::statat(&*dirfd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        let Some(ino) = self
+            .ids
+            .lock()
+            .unwrap()
+            .get(&(st.st_dev, st.st_ino))
+            .copied()
+        else {
+            return Ok(None);
+        };
+        let Some(n) = self.nodes.lock().unwrap().get(&ino).cloned() else {
+            return Ok(None);
+        };
+        let mut s = n.st.lock().unwrap();
+        if n.kind != kind || s.layer != layer || s.fd.is_none() {
+            return Ok(None);
+        }
+        if kind != FileType::Directory {
+            // As `node_for`: found by this name just now.
+            s.parent = parent.ino;
+            s.name = name.to_owned();
+            s.pinned = false;
+        }
+        drop(s);
+        Ok(Some(n))
+    }
+
     /// Resolves a name in a directory; `count` adds a kernel lookup reference.
     pub(crate) fn child(
         &self,
@@ -1352,7 +1391,10 @@ impl OverlayFs {
         if !dir && is_dir {
             return Err(Errno::ISDIR);
         }
-        let (child, _) = self.child(&p, name, false)?.ok_or(Errno::NOENT)?;
+        let child = match self.known_child(&p, name, layer, kind)? {
+            Some(n) => n,
+            None => self.child(&p, name, false)?.ok_or(Errno::NOENT)?.0,
+        };
         if is_dir && !self.index(&child)?.is_empty() {
             return Err(Errno::NOTEMPTY);
         }
