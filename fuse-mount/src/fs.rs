@@ -559,43 +559,36 @@ impl OverlayFs {
         n
     }
 
-    /// The node the mount already has for `name` in `parent` (an entry at
-    /// `layer`), found by a stat of the name instead of opening it: a name
-    /// the kernel removes or renames was looked up before, so its node is
-    /// there. `None` when it is not, or has no fd to keep (then [`Self::child`]).
-    fn known_child(
+    /// The node the mount already has for the file `st` describes, found by
+    /// `name` in `parent` at `layer`, if it still holds an fd of it there
+    /// (else the caller opens the file and goes through [`Self::node_for`],
+    /// which this does the same as for a known node).
+    fn known_node(
         &self,
-        parent: &Node,
-        name: &OsStr,
-        layer: usize,
+        st: &Stat,
         kind: FileType,
-    ) -> OpResult<Option<Arc<Node>>> {
-        let dirfd = self.dir_in_layer(parent, layer)?;
-        let st = rfs::statat(&*dirfd, name, AtFlags::SYMLINK_NOFOLLOW)?;
-        let Some(ino) = self
-            .ids
-            .lock()
-            .unwrap()
-            .get(&(st.st_dev, st.st_ino))
-            .copied()
-        else {
-            return Ok(None);
-        };
-        let Some(n) = self.nodes.lock().unwrap().get(&ino).cloned() else {
-            return Ok(None);
-        };
+        layer: usize,
+        parent: u64,
+        name: &OsStr,
+        count: bool,
+    ) -> Option<Arc<Node>> {
+        let ino = *self.ids.lock().unwrap().get(&(st.st_dev, st.st_ino))?;
+        let n = self.nodes.lock().unwrap().get(&ino).cloned()?;
         let mut s = n.st.lock().unwrap();
         if n.kind != kind || s.layer != layer || s.fd.is_none() {
-            return Ok(None);
+            return None;
+        }
+        if count {
+            n.lookups.fetch_add(1, Ordering::Relaxed);
         }
         if kind != FileType::Directory {
-            // As `node_for`: found by this name just now.
-            s.parent = parent.ino;
+            // Found by this name just now: it leads to the file again.
+            s.parent = parent;
             s.name = name.to_owned();
             s.pinned = false;
         }
         drop(s);
-        Ok(Some(n))
+        Some(n)
     }
 
     /// Resolves a name in a directory; `count` adds a kernel lookup reference.
@@ -613,13 +606,21 @@ impl OverlayFs {
             return Ok(None);
         };
         let dirfd = self.dir_in_layer(parent, layer)?;
+        // A stat of the name, then an open only for a file the mount has no
+        // node (or no fd) for: a name is resolved again and again (readdir
+        // after readdir, the unlink after the lookup). Callers hold the
+        // namespace lock, so nothing renames the name between the two
+        // (lower layers never change, the upper one only through the mount).
+        let st = rfs::statat(&*dirfd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        if let Some(node) = self.known_node(&st, kind, layer, parent.ino, name, count) {
+            return Ok(Some((node, st)));
+        }
         let fd = rfs::openat(
             &*dirfd,
             name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let st = rfs::fstat(&fd)?;
         let node = self.node_for(
             &st,
             kind,
@@ -1391,10 +1392,7 @@ impl OverlayFs {
         if !dir && is_dir {
             return Err(Errno::ISDIR);
         }
-        let child = match self.known_child(&p, name, layer, kind)? {
-            Some(n) => n,
-            None => self.child(&p, name, false)?.ok_or(Errno::NOENT)?.0,
-        };
+        let (child, _) = self.child(&p, name, false)?.ok_or(Errno::NOENT)?;
         if is_dir && !self.index(&child)?.is_empty() {
             return Err(Errno::NOTEMPTY);
         }
