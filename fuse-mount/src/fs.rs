@@ -179,6 +179,21 @@ pub struct OverlayFs {
     pub(crate) config: OverlayConfig,
 }
 
+/// A known node resolved again by `name` in `parent`: one more kernel
+/// reference if `count`, and for a non-directory (which may have several
+/// names) that name is the one it is reopened by from now on.
+fn found_again(n: &Node, s: &mut NodeState, parent: u64, name: &OsStr, count: bool) {
+    if count {
+        n.lookups.fetch_add(1, Ordering::Relaxed);
+    }
+    if n.kind != FileType::Directory {
+        // Found by this name just now: it leads to the file again.
+        s.parent = parent;
+        s.name = name.to_owned();
+        s.pinned = false;
+    }
+}
+
 /// Chunk of a flushed copy-up after which its writeback starts (see `copy_data`).
 const COPY_UP_FLUSH_STEP: u64 = 32 << 20;
 
@@ -510,16 +525,8 @@ impl OverlayFs {
         let mut nodes = self.nodes.lock().unwrap();
         if let Some(n) = nodes.get(&ino) {
             if n.kind == kind {
-                if count {
-                    n.lookups.fetch_add(1, Ordering::Relaxed);
-                }
                 let mut s = n.st.lock().unwrap();
-                if kind != FileType::Directory {
-                    // Found by this name just now: it leads to the file again.
-                    s.parent = parent;
-                    s.name = name.to_owned();
-                    s.pinned = false;
-                }
+                found_again(n, &mut s, parent, name, count);
                 let reopened = s.fd.is_none() && s.layer == layer;
                 if reopened {
                     s.fd = Some(Arc::new(fd));
@@ -578,15 +585,7 @@ impl OverlayFs {
         if n.kind != kind || s.layer != layer || s.fd.is_none() {
             return None;
         }
-        if count {
-            n.lookups.fetch_add(1, Ordering::Relaxed);
-        }
-        if kind != FileType::Directory {
-            // Found by this name just now: it leads to the file again.
-            s.parent = parent;
-            s.name = name.to_owned();
-            s.pinned = false;
-        }
+        found_again(&n, &mut s, parent, name, count);
         drop(s);
         Some(n)
     }
