@@ -125,6 +125,9 @@ pub struct OverlayConfig {
     pub passthrough: bool,
     /// Serve requests over FUSE-over-io_uring (see [`crate::Uring`]).
     pub uring: crate::Uring,
+    /// The longest an io_uring queue thread polls for its next request after
+    /// answering one (adaptive, see `docs/overlay.md`); zero: never polls.
+    pub uring_poll: std::time::Duration,
     /// Flush a copied-up file's data to disk before it takes the file's name,
     /// as kernel overlayfs does, so a crash (power loss) never leaves an upper
     /// file whose name is there but whose data is not. Off is kernel
@@ -145,6 +148,7 @@ impl OverlayConfig {
             threads: (cpus * 2).clamp(4, 16),
             passthrough: true,
             uring: crate::Uring::default(),
+            uring_poll: crate::DEFAULT_URING_POLL,
             sync_copy_up: true,
         }
     }

@@ -58,6 +58,13 @@ pub enum Uring {
     Off,
 }
 
+/// How long an io_uring queue thread polls at most for its next request
+/// after answering one ([`OverlayConfig::uring_poll`]). A caller's requests
+/// alternate between the CPUs' queues (each reply moves it to the other,
+/// idle CPU), so a thread sees every other request of a burst: 100 us spans
+/// that gap here, 50 us does not (see `docs/overlay.md`).
+pub const DEFAULT_URING_POLL: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// Where the kernel's switch for FUSE-over-io_uring lives.
 pub const ENABLE_URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 
@@ -91,6 +98,7 @@ pub fn mount(config: OverlayConfig, mountpoint: &Path, fsname: &str) -> Result<M
     let read_only = config.upper.is_none();
     let threads = config.threads.max(1);
     let uring = config.uring;
+    let uring_poll = config.uring_poll;
     let fs = Arc::new(OverlayFs::new(config)?);
     let mut opts = vec![
         fuser::MountOption::FSName(fsname.to_string()),
@@ -107,6 +115,7 @@ pub fn mount(config: OverlayConfig, mountpoint: &Path, fsname: &str) -> Result<M
     cfg.acl = fuser::SessionACL::All;
     cfg.n_threads = Some(threads);
     cfg.clone_fd = true;
+    cfg.io_uring_poll = uring_poll;
     cfg.io_uring = match uring {
         Uring::Auto => fuser::UringMode::IfOffered,
         Uring::On => fuser::UringMode::Required,

@@ -77,7 +77,8 @@ fn enable_uring(test: &str) -> bool {
     true
 }
 
-/// `lamina-overlayfs -o lowerdir=...[,upperdir,workdir],uring=MODE DIR`.
+/// `lamina-overlayfs -o lowerdir=...[,upperdir,workdir],uring=MODE DIR`;
+/// `mode` may carry more options (`on,uring_poll=0`).
 fn mount_uring(
     lowers: &[PathBuf],
     upper: Option<(&Path, &Path)>,
@@ -242,6 +243,93 @@ fn uring_on_serves_requests_through_io_uring_and_off_does_not() -> Result<()> {
         rings.len()
     );
     stat_missing(&off.dir, 100)?;
+    Ok(())
+}
+
+/// Times the io_uring queue threads of `pid` went to sleep so far (their
+/// voluntary context switches; a thread that polls and yields is not asleep).
+fn uring_thread_sleeps(pid: u32) -> Result<u64> {
+    let mut sleeps = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let t = t?.path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        if !comm.starts_with("fuser-uring-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.join("status"))?;
+        let n = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .context("no voluntary_ctxt_switches in a thread's status")?;
+        sleeps += n.trim().parse::<u64>()?;
+    }
+    Ok(sleeps)
+}
+
+/// CPU time (user + system, in clock ticks) `pid` has used so far.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the `(comm)`: state is field 3, utime 14 and stime 15.
+    let rest = stat.rsplit_once(')').context("malformed /proc/PID/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+#[test]
+fn uring_poll_serves_a_burst_without_sleeping_and_stops_when_idle() -> Result<()> {
+    if !enable_uring("uring_poll_serves_a_burst_without_sleeping_and_stops_when_idle") {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let lower = lower_with(tmp.path(), &[])?;
+    const N: u64 = 2000;
+    // Sleeps of the queue threads during a burst of N lookups, one caller.
+    let sleeps_during_burst = |m: &LaminaMount| -> Result<u64> {
+        let pid = server_pid(&m.dir)?;
+        stat_missing(&m.dir, 10)?;
+        let before = uring_thread_sleeps(pid)?;
+        stat_missing(&m.dir, N as usize)?;
+        Ok(uring_thread_sleeps(pid)? - before)
+    };
+
+    // Without polling a thread sleeps between two requests.
+    let off = mount_uring(
+        std::slice::from_ref(&lower),
+        None,
+        &tmp.path().join("nopoll"),
+        "on,uring_poll=0",
+    )?;
+    let nopoll = sleeps_during_burst(&off)?;
+    ensure!(
+        nopoll >= N / 2,
+        "uring_poll=0: the queue threads slept {nopoll} times for {N} requests; a thread that never polls sleeps before most of them"
+    );
+
+    // A window far longer than the gaps of a burst (even on a loaded
+    // machine): the threads catch the next request while they poll.
+    let poll = mount_uring(
+        &[lower],
+        None,
+        &tmp.path().join("poll"),
+        "on,uring_poll=100000",
+    )?;
+    let polled = sleeps_during_burst(&poll)?;
+    ensure!(
+        polled < N / 10,
+        "uring_poll=100000: the queue threads slept {polled} times for {N} requests (without polling: {nopoll}); they should have polled through the burst"
+    );
+
+    // Once the burst is over every window runs out (100 ms at most) and the
+    // threads sleep: an idle mount costs no CPU.
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = server_pid(&poll.dir)?;
+    let before = cpu_ticks(pid)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid)? - before;
+    ensure!(
+        used <= 5,
+        "an idle mount's server used {used} clock ticks of CPU in 1 s: its queue threads keep polling"
+    );
     Ok(())
 }
 

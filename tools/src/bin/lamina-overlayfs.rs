@@ -35,6 +35,7 @@ struct Opts {
     threads: Option<usize>,
     passthrough: bool,
     uring: lamina_fuse::Uring,
+    uring_poll: Option<std::time::Duration>,
     sync_copy_up: bool,
     mountpoint: PathBuf,
     source: String,
@@ -54,6 +55,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         threads: None,
         passthrough: true,
         uring: lamina_fuse::Uring::default(),
+        uring_poll: None,
         sync_copy_up: true,
         mountpoint: PathBuf::new(),
         source: "lamina-overlayfs".into(),
@@ -95,6 +97,12 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "uring" => match v.parse() {
                 Ok(u) => o.uring = u,
                 Err(msg) => eprintln!("lamina-overlayfs: ignoring {msg}"),
+            },
+            // Microseconds an io_uring queue thread polls at most for its
+            // next request (0: never).
+            "uring_poll" => match v.parse() {
+                Ok(us) => o.uring_poll = Some(std::time::Duration::from_micros(us)),
+                Err(_) => eprintln!("lamina-overlayfs: ignoring uring_poll={v}: use microseconds"),
             },
             // Copy-ups flush their data before they take the name, unless
             // the caller trades that for speed (data it can recreate).
@@ -196,6 +204,9 @@ fn serve(o: Opts, background: bool) -> Result<(), String> {
     }
     cfg.passthrough = o.passthrough;
     cfg.uring = o.uring;
+    if let Some(p) = o.uring_poll {
+        cfg.uring_poll = p;
+    }
     cfg.sync_copy_up = o.sync_copy_up;
     let mounted = lamina_fuse::mount(cfg, &o.mountpoint, &o.source).map_err(|e| e.to_string())?;
     daemon::notify_ready();

@@ -501,6 +501,7 @@ impl<FS: Filesystem> Session<FS> {
                     self.uring = Some(crate::uring::Params::new(
                         config.max_write,
                         config.max_pages(),
+                        self.config.io_uring_poll,
                     ));
                 }
             }

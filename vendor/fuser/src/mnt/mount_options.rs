@@ -21,6 +21,10 @@ pub struct Config {
     /// LAMINA PATCH (io_uring): serve requests over FUSE-over-io_uring queues
     /// (one per possible CPU) when the kernel offers it.
     pub io_uring: UringMode,
+    /// LAMINA PATCH (io_uring poll): after answering, a queue thread polls
+    /// for its next request for up to this long before it sleeps (adapted
+    /// per thread to how long its sleeps turn out to be); zero: never polls.
+    pub io_uring_poll: std::time::Duration,
 }
 
 /// LAMINA PATCH (io_uring): whether a session uses FUSE-over-io_uring.
