@@ -67,6 +67,14 @@ pub struct Node {
     st: Mutex<NodeState>,
     /// Kernel passthrough backing file shared by the node's open handles.
     pub(crate) backing: Mutex<Weak<Backing>>,
+    /// Xattr changes made through the mount (set, remove), counted.
+    xattr_changes: AtomicU64,
+    /// `xattr_changes + 1` as it was before a getxattr of
+    /// `security.capability` that found none: while the count has not moved
+    /// since, the real file has none (nothing else may change the layers
+    /// while mounted). The kernel asks for it before every write to a FUSE
+    /// file, to know whether the write drops file capabilities.
+    no_caps: AtomicU64,
 }
 
 struct NodeState {
@@ -328,6 +336,8 @@ impl OverlayFs {
                 pinned: false,
             }),
             backing: Mutex::new(Weak::new()),
+            xattr_changes: AtomicU64::new(0),
+            no_caps: AtomicU64::new(0),
         });
         fs.ids
             .lock()
@@ -563,6 +573,8 @@ impl OverlayFs {
                 pinned: false,
             }),
             backing: Mutex::new(Weak::new()),
+            xattr_changes: AtomicU64::new(0),
+            no_caps: AtomicU64::new(0),
         });
         nodes.insert(ino, n.clone());
         drop(nodes);
@@ -1062,6 +1074,10 @@ impl OverlayFs {
         }
         let st = rfs::fstat(&fd)?;
         let node = self.node_for(&st, kind, fd, 0, parent.ino, name, vec![0], true);
+        // A file made just now has no capabilities (only a setxattr gives it
+        // some): the write that follows need not look.
+        let changes = node.xattr_changes.load(Ordering::Acquire);
+        node.no_caps.store(changes + 1, Ordering::Release);
         if kind == FileType::Directory {
             node.st.lock().unwrap().index =
                 Some(Arc::new(DirIndex::new(vec![0], Default::default())));
@@ -1627,21 +1643,23 @@ impl OverlayFs {
         Ok(Opened { file, node, layer })
     }
 
-    /// A file to register as passthrough backing for `node` (read-write when
-    /// in the upper layer, so every later open of the inode can share it).
-    pub(crate) fn backing_file(&self, node: &Node, opened: &Opened) -> OpResult<File> {
+    /// The file to register as passthrough backing for `node`: read-write
+    /// when in the upper layer, so every later open of the inode can share
+    /// it. `None`: the opened file itself will do (the kernel takes its own
+    /// reference when it registers it).
+    pub(crate) fn backing_file(&self, node: &Node, opened: &Opened) -> OpResult<Option<File>> {
         let fl = rfs::fcntl_getfl(&opened.file)?;
         if fl.contains(OFlags::RDWR) && !fl.contains(OFlags::APPEND) {
             // Already what a shared backing needs (e.g. a new file's create fd).
-            return opened.file.try_clone().map_err(io_errno);
+            return Ok(None);
         }
         if opened.layer == 0
             && self.has_upper
             && let Ok(f) = self.reopen(node, libc::O_RDWR)
         {
-            return Ok(f);
+            return Ok(Some(f));
         }
-        opened.file.try_clone().map_err(io_errno)
+        Ok(None)
     }
 
     pub(crate) fn add_handle(&self, h: Handle) -> u64 {
@@ -1778,6 +1796,11 @@ impl OverlayFs {
             return Err(Errno::NODATA);
         }
         let node = self.node(ino)?;
+        let caps = name.as_bytes() == CAPS_XATTR;
+        let changes = node.xattr_changes.load(Ordering::Acquire);
+        if caps && node.no_caps.load(Ordering::Acquire) == changes + 1 {
+            return Err(Errno::NODATA);
+        }
         let path = self.xattr_path(&node)?;
         let mut buf = vec![0u8; 4096];
         loop {
@@ -1787,6 +1810,10 @@ impl OverlayFs {
                     return Ok(buf);
                 }
                 Err(Errno::RANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 16, 0),
+                Err(Errno::NODATA) if caps => {
+                    node.no_caps.store(changes + 1, Ordering::Release);
+                    return Err(Errno::NODATA);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -1819,12 +1846,14 @@ impl OverlayFs {
             self.copy_up(&node, false)?;
         }
         let path = self.xattr_path(&node)?;
-        rfs::setxattr(
+        let res = rfs::setxattr(
             &path,
             name,
             value,
             rfs::XattrFlags::from_bits_retain(flags as u32),
-        )
+        );
+        node.xattr_changes.fetch_add(1, Ordering::AcqRel);
+        res
     }
 
     /// `removexattr` (copies up first).
@@ -1842,7 +1871,9 @@ impl OverlayFs {
             self.copy_up(&node, false)?;
         }
         let path = self.xattr_path(&node)?;
-        rfs::removexattr(&path, name)
+        let res = rfs::removexattr(&path, name);
+        node.xattr_changes.fetch_add(1, Ordering::AcqRel);
+        res
     }
 
     /// `statfs`: of the upper layer (or the top lower layer when read-only).
@@ -1884,6 +1915,9 @@ fn file_writable(f: &File) -> bool {
         .map(|fl| fl.intersects(OFlags::WRONLY | OFlags::RDWR))
         .unwrap_or(false)
 }
+
+/// The xattr that holds a file's capabilities.
+const CAPS_XATTR: &[u8] = b"security.capability";
 
 /// Names overlayfs keeps for itself; never shown through the mount.
 fn is_private_xattr(name: &OsStr) -> bool {

@@ -5,9 +5,9 @@ use crate::fs::{Backing, Caller, Handle, Node, Opened, OverlayFs};
 use crate::layer::DOT_DOT_OFFSET;
 use fuser::{
     AccessFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::{FileType as RType, Stat, Timespec};
 use std::ffi::OsStr;
@@ -155,10 +155,10 @@ impl Fuse {
             }
             return (None, true);
         }
-        let Ok(file) = self.fs.backing_file(&opened.node, opened) else {
+        let Ok(reopened) = self.fs.backing_file(&opened.node, opened) else {
             return (None, true);
         };
-        match register(&file) {
+        match register(reopened.as_ref().unwrap_or(&opened.file)) {
             Ok(id) => {
                 let b = Arc::new(Backing {
                     id,
@@ -654,6 +654,23 @@ impl Filesystem for Fuse {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         reply_empty(reply, self.fs.op_removexattr(ino.0, name))
+    }
+
+    /// No ioctl is served: ENOTTY, as for a file without the ioctl. (The
+    /// kernel sends one for every `isatty` on an open file, e.g. python's
+    /// `open`; fuser's default would log a warning each time.)
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(fuser::Errno::ENOTTY);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

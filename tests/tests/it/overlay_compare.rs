@@ -268,3 +268,104 @@ fn symlink_xattrs_match_kernel_overlayfs() -> Result<()> {
     }
     Ok(())
 }
+
+/// A `security.capability` value: revision 2, effective, CAP_NET_RAW permitted.
+const NET_RAW_CAP: [u8; 20] = [
+    0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// Writes, file capabilities and reads of them, through a mount at `root`:
+/// a write drops a file's capabilities, a new value reads back at once.
+fn capability_ops(root: &Path) -> Vec<(&'static str, Result<Vec<u8>, i32>)> {
+    use rustix::fs::{XattrFlags, getxattr, setxattr};
+    use std::io::Write as _;
+    let caps = |p: &str| {
+        let mut buf = vec![0u8; 64];
+        getxattr(root.join(p), "security.capability", &mut buf[..]).map(|n| buf[..n].to_vec())
+    };
+    let set = |p: &str| {
+        setxattr(
+            root.join(p),
+            "security.capability",
+            &NET_RAW_CAP,
+            XattrFlags::empty(),
+        )
+        .map(|()| Vec::new())
+    };
+    let append = |p: &str| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(root.join(p))
+            .and_then(|mut f| f.write_all(b"x"))
+            .map(|()| Vec::new())
+            .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap())
+    };
+    let steps: Vec<(&str, rustix::io::Result<Vec<u8>>)> = vec![
+        ("write a new file", append("new")),
+        ("its capabilities", caps("new")),
+        ("write it again", append("new")),
+        ("set capabilities on it", set("new")),
+        ("its capabilities after the set", caps("new")),
+        ("write it once more", append("new")),
+        ("its capabilities after that write", caps("new")),
+        ("a lower file's capabilities", caps("bin")),
+        ("write the lower file", append("bin")),
+        ("its capabilities after the write", caps("bin")),
+    ];
+    steps
+        .into_iter()
+        .map(|(what, r)| (what, r.map_err(|e| e.raw_os_error())))
+        .collect()
+}
+
+#[test]
+fn file_capabilities_drop_on_write_as_on_kernel_overlayfs() -> Result<()> {
+    if !fuse_available() || !kernel_overlay_available() {
+        eprintln!("SKIP overlay_compare: needs root, /dev/fuse and kernel overlayfs");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let base = tmp.path();
+    let low = base.join("low");
+    std::fs::create_dir_all(&low)?;
+    std::fs::write(low.join("bin"), b"elf")?;
+    rustix::fs::setxattr(
+        low.join("bin"),
+        "security.capability",
+        &NET_RAW_CAP,
+        rustix::fs::XattrFlags::empty(),
+    )?;
+    for d in ["ku", "kw", "fu", "fw"] {
+        std::fs::create_dir_all(base.join(d))?;
+    }
+    let layers = vec![low];
+    let k = KernelMount::mount(
+        &layers,
+        Some((&base.join("ku"), &base.join("kw"))),
+        &base.join("k"),
+    )?;
+    let f = LaminaMount::mount(
+        &layers,
+        Some((&base.join("fu"), &base.join("fw"))),
+        &base.join("f"),
+    )?;
+    let kr = capability_ops(&k.dir);
+    let fr = capability_ops(&f.dir);
+    for ((what, kv), (_, fv)) in kr.iter().zip(&fr) {
+        ensure!(kv == fv, "{what}: kernel {kv:?}, lamina {fv:?}");
+    }
+    // The cases mean something: the set value reads back, and a write drops it.
+    ensure!(
+        kr[4].1 == Ok(NET_RAW_CAP.to_vec()) && kr[6].1 == Err(libc::ENODATA),
+        "kernel overlayfs: after the set {:?}, after the write {:?}",
+        kr[4].1,
+        kr[6].1
+    );
+    ensure!(
+        kr[7].1 == Ok(NET_RAW_CAP.to_vec()),
+        "kernel overlayfs reads the lower file's capabilities as {:?}",
+        kr[7].1
+    );
+    Ok(())
+}
