@@ -9,7 +9,7 @@ use lamina_tests::overlay::{
     fuse_available, kernel_overlay_available, kernel_view_of_upper, snapshot,
 };
 use std::os::unix::fs::symlink;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn no_times(t: Tree) -> Tree {
     t.no_times()
@@ -111,6 +111,43 @@ fn oci_whiteout_markers_mean_what_native_whiteouts_mean() -> Result<()> {
         &no_times(snapshot(&f.dir)?),
         "kernel over native layers vs lamina over marker layers",
     )
+}
+
+/// Kernel overlayfs (at `base/k`, upper `base/ku`) and lamina (at `base/f`,
+/// upper `base/fu`) over the same `layers`, read-write.
+fn mount_both_rw(layers: &[PathBuf], base: &Path) -> Result<(KernelMount, LaminaMount)> {
+    for d in ["ku", "kw", "fu", "fw"] {
+        std::fs::create_dir_all(base.join(d))?;
+    }
+    let k = KernelMount::mount(
+        layers,
+        Some((&base.join("ku"), &base.join("kw"))),
+        &base.join("k"),
+    )?;
+    let f = LaminaMount::mount(
+        layers,
+        Some((&base.join("fu"), &base.join("fw"))),
+        &base.join("f"),
+    )?;
+    Ok((k, f))
+}
+
+/// Fails at the first step that kernel overlayfs (`kr`) and lamina (`fr`)
+/// answered differently.
+fn ensure_same_answers<W: std::fmt::Display, T: PartialEq + std::fmt::Debug>(
+    kr: &[(W, T)],
+    fr: &[(W, T)],
+) -> Result<()> {
+    ensure!(
+        kr.len() == fr.len(),
+        "{} steps against {}",
+        kr.len(),
+        fr.len()
+    );
+    for ((what, kv), (_, fv)) in kr.iter().zip(fr) {
+        ensure!(kv == fv, "{what}: kernel {kv:?}, lamina {fv:?}");
+    }
+    Ok(())
 }
 
 /// One xattr call on a symlink (never followed), as `Ok(value or names)` or
@@ -215,20 +252,7 @@ fn symlink_xattrs_match_kernel_overlayfs() -> Result<()> {
         XattrFlags::empty(),
     )?;
     symlink("x", top.join("top_sym"))?;
-    let layers = vec![top, low];
-    for d in ["ku", "kw", "fu", "fw"] {
-        std::fs::create_dir_all(base.join(d))?;
-    }
-    let k = KernelMount::mount(
-        &layers,
-        Some((&base.join("ku"), &base.join("kw"))),
-        &base.join("k"),
-    )?;
-    let f = LaminaMount::mount(
-        &layers,
-        Some((&base.join("fu"), &base.join("fw"))),
-        &base.join("f"),
-    )?;
+    let (k, f) = mount_both_rw(&[top, low], base)?;
     assert_same_tree(
         &snapshot(&k.dir)?,
         &snapshot(&f.dir)?,
@@ -239,9 +263,7 @@ fn symlink_xattrs_match_kernel_overlayfs() -> Result<()> {
     for ((what, kv), (_, fv)) in kr.iter().zip(&fr) {
         eprintln!("{what}: kernel {kv:?} lamina {fv:?}");
     }
-    for ((what, kv), (_, fv)) in kr.iter().zip(&fr) {
-        ensure!(kv == fv, "{what}: kernel {kv:?}, lamina {fv:?}");
-    }
+    ensure_same_answers(&kr, &fr)?;
     // The cases mean something: the lower value reads back, user. is refused.
     ensure!(
         kr[0].1 == Ok(b"lower".to_vec()),
@@ -336,25 +358,10 @@ fn file_capabilities_drop_on_write_as_on_kernel_overlayfs() -> Result<()> {
         &NET_RAW_CAP,
         rustix::fs::XattrFlags::empty(),
     )?;
-    for d in ["ku", "kw", "fu", "fw"] {
-        std::fs::create_dir_all(base.join(d))?;
-    }
-    let layers = vec![low];
-    let k = KernelMount::mount(
-        &layers,
-        Some((&base.join("ku"), &base.join("kw"))),
-        &base.join("k"),
-    )?;
-    let f = LaminaMount::mount(
-        &layers,
-        Some((&base.join("fu"), &base.join("fw"))),
-        &base.join("f"),
-    )?;
+    let (k, f) = mount_both_rw(&[low], base)?;
     let kr = capability_ops(&k.dir);
     let fr = capability_ops(&f.dir);
-    for ((what, kv), (_, fv)) in kr.iter().zip(&fr) {
-        ensure!(kv == fv, "{what}: kernel {kv:?}, lamina {fv:?}");
-    }
+    ensure_same_answers(&kr, &fr)?;
     // The cases mean something: the set value reads back, and a write drops it.
     ensure!(
         kr[4].1 == Ok(NET_RAW_CAP.to_vec()) && kr[6].1 == Err(libc::ENODATA),
