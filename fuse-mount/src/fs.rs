@@ -97,6 +97,31 @@ struct NodeState {
     pinned: bool,
 }
 
+impl Node {
+    /// The count of xattr changes, read before a look for capabilities; give
+    /// it to [`Node::no_caps_since`] if the look found none.
+    fn xattr_epoch(&self) -> u64 {
+        self.xattr_changes.load(Ordering::Acquire)
+    }
+
+    /// Records that the real file had no `security.capability` when the
+    /// count of xattr changes was `epoch`.
+    fn no_caps_since(&self, epoch: u64) {
+        self.no_caps.store(epoch + 1, Ordering::Release);
+    }
+
+    /// Whether the real file is known to have no `security.capability`: no
+    /// xattr changed since that was found.
+    fn known_no_caps(&self) -> bool {
+        self.no_caps.load(Ordering::Acquire) == self.xattr_epoch() + 1
+    }
+
+    /// Counts an xattr change made through the mount (forgets `no_caps`).
+    fn xattr_changed(&self) {
+        self.xattr_changes.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 /// A registered passthrough backing file and the real file it is.
 pub(crate) struct Backing {
     pub(crate) id: fuser::BackingId,
@@ -1076,8 +1101,7 @@ impl OverlayFs {
         let node = self.node_for(&st, kind, fd, 0, parent.ino, name, vec![0], true);
         // A file made just now has no capabilities (only a setxattr gives it
         // some): the write that follows need not look.
-        let changes = node.xattr_changes.load(Ordering::Acquire);
-        node.no_caps.store(changes + 1, Ordering::Release);
+        node.no_caps_since(node.xattr_epoch());
         if kind == FileType::Directory {
             node.st.lock().unwrap().index =
                 Some(Arc::new(DirIndex::new(vec![0], Default::default())));
@@ -1797,10 +1821,10 @@ impl OverlayFs {
         }
         let node = self.node(ino)?;
         let caps = name.as_bytes() == CAPS_XATTR;
-        let changes = node.xattr_changes.load(Ordering::Acquire);
-        if caps && node.no_caps.load(Ordering::Acquire) == changes + 1 {
+        if caps && node.known_no_caps() {
             return Err(Errno::NODATA);
         }
+        let epoch = node.xattr_epoch();
         let path = self.xattr_path(&node)?;
         let mut buf = vec![0u8; 4096];
         loop {
@@ -1811,7 +1835,7 @@ impl OverlayFs {
                 }
                 Err(Errno::RANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 16, 0),
                 Err(Errno::NODATA) if caps => {
-                    node.no_caps.store(changes + 1, Ordering::Release);
+                    node.no_caps_since(epoch);
                     return Err(Errno::NODATA);
                 }
                 Err(e) => return Err(e),
@@ -1852,7 +1876,7 @@ impl OverlayFs {
             value,
             rfs::XattrFlags::from_bits_retain(flags as u32),
         );
-        node.xattr_changes.fetch_add(1, Ordering::AcqRel);
+        node.xattr_changed();
         res
     }
 
@@ -1872,7 +1896,7 @@ impl OverlayFs {
         }
         let path = self.xattr_path(&node)?;
         let res = rfs::removexattr(&path, name);
-        node.xattr_changes.fetch_add(1, Ordering::AcqRel);
+        node.xattr_changed();
         res
     }
 
